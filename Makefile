@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` (set up and run the main job) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gdlab-installed
+
+.PHONY: setup demo test clean
+
+# torch==2.13.0 (CPU) is installed first, and only when the venv has no torch, so that the
+# package's loose torch requirement is already met and pip never pulls a multi-GB CUDA build.
+# GPU users: create $(VENV) and install their own torch build before running make.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/gdlab demo
+
+test: setup
+	$(BIN)/python -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,294 @@
+"""The ``gdlab`` command: train, demo, list.
+
+User mistakes (GdlabError, bad arguments) print one line ``gdlab: error: ...`` on stderr and exit
+with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gdlab import __version__
+from gdlab.config import RunConfig, load_config_file
+from gdlab.engine.loop import Callback, StepInfo
+from gdlab.engine.regimes import REGIMES
+from gdlab.errors import GdlabError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line GdlabErrors instead of usage dumps."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise GdlabError(f"{message}; see '{self.prog} --help'")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument("--config", metavar="FILE", help="YAML or JSON file of config fields; flags override it")
+    g.add_argument("--task", help="registered task (see 'gdlab list'); default digits")
+    g.add_argument("--data", metavar="FILE.npz", help="local NPZ file with arrays X, y (overrides --task)")
+    g.add_argument("--n-samples", type=int, help="samples to generate / draw (synthetic tasks)")
+    g.add_argument("--test-fraction", type=float, help="held-out fraction, default 0.2")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise inputs with training statistics (task default)")
+    g.add_argument("--model", help="model spec, e.g. mlp:64-128-10:relu, cnn:lenet, lstm:32x1")
+    g.add_argument("--loss", help="mse | cross_entropy | bce (task default)")
+    g.add_argument("--layer-mode", choices=("train", "eval"),
+                   help="BatchNorm/Dropout during gradients: train (per-chunk statistics) or eval")
+    g = p.add_argument_group("update rule and regime")
+    g.add_argument("--optimizer", help="gd, momentum, nesterov, adam, adamw, rmsprop, adagrad, linesearch")
+    g.add_argument("--lr", type=float, help="learning rate (initial step for linesearch), default 0.1")
+    g.add_argument("--momentum", type=float, help="momentum coefficient (momentum, nesterov, rmsprop)")
+    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="other optimizer hyper-parameter, e.g. --opt betas=[0.9,0.99]; repeatable")
+    g.add_argument("--regime", help="full | minibatch | stochastic, default full")
+    g.add_argument("--batch-size", type=int, help="rows per step for minibatch, default 32")
+    g.add_argument("--last-batch", choices=("keep", "drop"), help="partial last batch of an epoch")
+    g.add_argument("--chunk-size", type=int, help="rows per forward/backward pass (default: from memory budget)")
+    g.add_argument("--memory-budget-mb", type=float, help="activation memory per chunk, default 256")
+    g.add_argument("--l1", type=float, help="L1 penalty coefficient (part of the objective)")
+    g.add_argument("--l2", type=float, help="L2 penalty coefficient: (l2/2)*||w||^2 (part of the objective)")
+    g = p.add_argument_group("stopping and logging")
+    g.add_argument("--steps", type=int, help="maximum updates (default 100 if no other budget)")
+    g.add_argument("--epochs", type=float, dest="max_epochs", help="maximum gradient evaluations / N")
+    g.add_argument("--loss-tol", type=float, help="stop when the training objective is <= this")
+    g.add_argument("--grad-tol", type=float, help="stop when the full gradient norm is <= this (full regime)")
+    g.add_argument("--time-budget", type=float, dest="time_budget_s", help="training seconds")
+    g.add_argument("--eval-every", type=int, help="steps between test evaluations (default ~50 per run)")
+    g.add_argument("--log-every", type=int, help="steps between history records (default ~1000 per run)")
+    g.add_argument("--seed", type=int, help="seed for data, initialisation and sample order, default 0")
+    g.add_argument("--device", help="cpu | cuda | cuda:K | auto, default cpu")
+    g.add_argument("--dtype", choices=("float32", "float64"), help="parameter and data dtype")
+
+
+_CONFIG_FLAGS = (
+    "task", "data", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
+    "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb",
+    "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
+    "log_every", "seed", "device", "dtype",
+)
+
+
+def _parse_opt(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GdlabError(f"--opt '{item}' is not KEY=VALUE; write e.g. --opt eps=1e-6")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise GdlabError(f"--opt {key}: cannot read value '{value}'; give a number or a list like [0.9,0.99]") from None
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Merge a config file (if any) with the flags given on the command line and validate."""
+    data: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for name in _CONFIG_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            data[name] = value
+    params = dict(data.get("optimizer_params") or {})
+    if args.momentum is not None:
+        params["momentum"] = args.momentum
+    params.update(_parse_opt(args.opt))
+    if params:
+        data["optimizer_params"] = params
+    return RunConfig.from_dict(data)
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _summary_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("run", "left"), ("status", "left"), ("steps", "right"),
+                         ("epochs", "right"), ("time s", "right"), ("train loss", "right"),
+                         ("|grad|", "right"), ("test loss", "right"), ("test acc", "right")):
+        table.add_column(col, justify=justify, no_wrap=col != "run")
+    for label, f in rows:
+        acc = f.get("test_accuracy")
+        table.add_row(
+            label, f["status"], str(f["step"]), _fmt(f["epochs"], ".2f"), _fmt(f["wall_time_s"], ".2f"),
+            _fmt(f["train_loss"]), _fmt(f["grad_norm"], ".3g"), _fmt(f["test_loss"]),
+            "-" if acc is None else f"{100 * acc:.1f}%",
+        )
+    return table
+
+
+def _make_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs {task.fields[epochs]}  loss {task.fields[loss]}  |g| {task.fields[gnorm]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+class _Progress(Callback):
+    def __init__(self, progress: Progress, label: str, total: int | None) -> None:
+        self.progress = progress
+        self.task = progress.add_task(label, total=total, loss="-", gnorm="-", epochs="0")
+
+    def on_step(self, info: StepInfo) -> None:
+        self.progress.update(
+            self.task, completed=info.step, loss=f"{info.batch_loss:.4g}",
+            gnorm=f"{info.grad_norm:.3g}", epochs=f"{info.epochs:.2f}",
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gdlab.engine.runner import run, save_run
+
+    config = config_from_args(args)
+    err = Console(stderr=True)
+    out = Console()
+    if not args.quiet:
+        with _make_progress(err) as progress:
+            cb = _Progress(progress, f"{config.optimizer} / {config.regime}", config.steps)
+            result = run(config, callbacks=[cb])
+            progress.update(cb.task, total=result.final["step"], completed=result.final["step"])
+    else:
+        result = run(config)
+    if args.out:
+        save_run(result, args.out)
+    record = result.to_record()
+    if args.json:
+        print(json.dumps(record))
+    if not args.quiet:
+        target = err if args.json else out
+        target.print(_summary_table(
+            f"gdlab train: task {result.config['task'] if not result.config['data'] else result.config['data']}, "
+            f"model {result.config['model']}, loss {result.config['loss']}",
+            [(f"{config.optimizer} lr={config.lr:g} {config.regime}", record["final"])],
+        ))
+        for event in record["events"]:
+            target.print(f"[yellow]event[/yellow] step {event['step']}: {event['kind']}: {event['detail']}")
+        if args.out:
+            target.print(f"saved run.json and params.pt to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gdlab.engine.runner import save_run
+    from gdlab.study.demo import compare_regimes
+
+    err = Console(stderr=True)
+    out = Console()
+    if args.epochs is not None and args.epochs <= 0:
+        raise GdlabError(f"--epochs must be > 0, got {args.epochs}")
+    extra = {"device": args.device} if args.device else {}
+    with _make_progress(err) as progress:
+        def callbacks_for(entry: Any, config: RunConfig) -> list[Callback]:
+            return [] if args.quiet else [_Progress(progress, entry.label, None)]
+
+        results = compare_regimes(
+            args.task, epochs=args.epochs, seed=args.seed, model=args.model,
+            callbacks_for=callbacks_for, extra=extra,
+        )
+    records = [(entry, res.to_record()) for entry, res in results]
+    if args.out:
+        for entry, res in results:
+            save_run(res, f"{args.out}/{entry.regime}")
+    if args.json:
+        print(json.dumps({"runs": [rec for _, rec in records]}))
+    target = err if args.json else out
+    first = records[0][1]
+    target.print(_summary_table(
+        f"gdlab demo: task {first['config']['task']}, model {first['config']['model']}, "
+        f"{args.epochs:g} epochs of gradient evaluations each, seed {args.seed}",
+        [(f"{e.label} lr={e.lr:g}", rec["final"]) for e, rec in records],
+    ))
+    target.print(
+        "Same budget of gradient evaluations (epochs) for each regime; wall time counts training "
+        "only. Batch GD takes one exact step per epoch, SGD takes N noisy ones."
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gdlab.data import list_tasks
+    from gdlab.models import MODEL_FAMILIES
+    from gdlab.optim import LOSSES, OPTIMIZERS
+
+    out = Console()
+    t = Table(title="tasks (--task)", title_justify="left")
+    for col in ("name", "type", "default model", "default loss", "description"):
+        t.add_column(col)
+    for spec in list_tasks():
+        t.add_row(spec.name, spec.task_type, spec.default_model, spec.default_loss, spec.description)
+    out.print(t)
+    for title, mapping in (
+        ("models (--model)", MODEL_FAMILIES),
+        ("optimizers (--optimizer)", {k: v.description for k, v in OPTIMIZERS.items()}),
+        ("regimes (--regime)", REGIMES),
+        ("losses (--loss)", LOSSES),
+    ):
+        t = Table(title=title, title_justify="left")
+        t.add_column("name")
+        t.add_column("description")
+        for name, text in mapping.items():
+            t.add_row(name, text)
+        out.print(t)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gdlab", description="Full-batch gradient descent and its variants: train, diagnose, compare.")
+    parser.add_argument("--version", action="version", version=f"gdlab {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    p = sub.add_parser("train", help="train one model and print a summary (or --json)")
+    _add_train_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
+    p.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="compare batch, mini-batch and stochastic GD on one task")
+    p.add_argument("--task", default="digits", help="task to train, default digits")
+    p.add_argument("--model", help="model spec (task default)")
+    p.add_argument("--epochs", type=float, default=20.0, help="gradient evaluations / N per run, default 20")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu | cuda | auto")
+    p.add_argument("--json", action="store_true", help="print the run records as JSON on stdout")
+    p.add_argument("--out", metavar="DIR", help="save each run into DIR/<regime>")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="show tasks, models, optimizers, regimes and losses")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gdlab`` command; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except GdlabError as exc:
+        print(f"gdlab: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Exact full-dataset loss and gradient by chunked accumulation.
+
+The objective is ``L(theta) = (1/N) * sum_i l(f(x_i; theta), y_i) + R(theta)``. The data term is
+accumulated over chunks, each chunk's mean loss weighted by ``chunk_size / N``, so the result is
+the same (to float rounding) for every chunk size while memory is bounded by one chunk's
+activations. ``R`` is added once, outside the chunk loop.
+
+Models whose forward pass depends on the batch (BatchNorm in training mode) or on randomness
+(Dropout in training mode) have no single "full-batch gradient" unless one chooses:
+
+* ``model.eval()`` (config ``layer_mode: eval``): BatchNorm uses its running statistics, Dropout
+  is off, the objective is a deterministic function of theta and every chunk size gives the same
+  gradient as one pass over the whole set.
+* ``model.train()`` (config ``layer_mode: train``, the default): BatchNorm normalises each chunk
+  with that chunk's statistics and Dropout draws fresh masks. The result equals the whole-set
+  gradient only when one chunk holds the whole set (``chunk_size >= N``); with smaller chunks it
+  is the exact gradient of the chunk-averaged objective, which depends on the chunk size.
+
+The engine uses the model in whatever mode it is in; the training loop sets the mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+DEFAULT_MEMORY_BUDGET_MB = 256.0
+_ACCUMULATE_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass
+class GradientResult:
+    """Loss values of one full-batch evaluation; the gradient itself is left in ``p.grad``.
+
+    loss = data_loss + reg_loss (the reported objective); num_samples = rows whose gradient was
+    computed; num_chunks = forward/backward passes used.
+    """
+
+    loss: float
+    data_loss: float
+    reg_loss: float
+    num_samples: int
+    num_chunks: int
+
+
+def _tensor_bytes(obj: object) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_tensor_bytes(o) for o in obj)
+    return 0
+
+
+def estimate_bytes_per_sample(model: nn.Module, X: torch.Tensor, probe: int = 16) -> int:
+    """Estimate the activation memory (bytes) one sample costs in a forward+backward pass.
+
+    Runs one no-grad forward on ``min(probe, N)`` rows and sums the outputs of every leaf module;
+    autograd keeps roughly the activations plus their gradients, hence the factor 3.
+    """
+    n = max(1, min(probe, X.shape[0]))
+    total = 0
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        total += _tensor_bytes(output)
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # the probe must not move BatchNorm running statistics
+    try:
+        with torch.no_grad():
+            model(X[:n])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    input_bytes = X[:1].numel() * X.element_size()
+    return max(1, (3 * total) // n + input_bytes)
+
+
+def auto_chunk_size(
+    model: nn.Module, X: torch.Tensor, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+) -> int:
+    """Largest chunk (rows) whose estimated activation memory fits in ``memory_budget_mb`` MiB,
+    clamped to [1, N]."""
+    per_sample = estimate_bytes_per_sample(model, X)
+    chunk = int(memory_budget_mb * 2**20) // per_sample
+    return int(min(max(chunk, 1), X.shape[0]))
+
+
+def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    size = n if chunk_size is None else max(1, min(int(chunk_size), n))
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def full_batch_loss_and_grad(
+    model: nn.Module,
+    loss_fn: LossFn,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    memory_budget_mb: float | None = None,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    params: Sequence[torch.Tensor] | None = None,
+) -> GradientResult:
+    """Exact loss and gradient of ``(1/N) sum_i l_i + R`` over all N rows of ``X`` (N, ...).
+
+    The gradient replaces ``p.grad`` of every trainable parameter. ``chunk_size`` rows are
+    processed per forward/backward pass; when None it is chosen from ``memory_budget_mb``
+    (default 256 MiB) by :func:`auto_chunk_size`. ``regularizer`` returns R(theta) as a
+    differentiable 0-dim tensor. Gradients accumulate in the parameters' dtype when it is float32
+    or float64, and in float32 buffers for lower precisions.
+    """
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    n = int(X.shape[0])
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(model, X, memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB)
+    spans = _chunks(n, chunk_size)
+    low_precision = any(p.dtype not in _ACCUMULATE_DTYPES for p in params)
+    buffers = (
+        [torch.zeros_like(p, dtype=torch.float32) for p in params] if low_precision else None
+    )
+    for p in params:
+        p.grad = None
+
+    data_loss = torch.zeros((), dtype=torch.float64, device=X.device)
+    for start, stop in spans:
+        out = model(X[start:stop])
+        chunk_loss = loss_fn(out, y[start:stop]) * ((stop - start) / n)
+        data_loss += chunk_loss.detach().to(torch.float64)
+        if buffers is None:
+            chunk_loss.backward()
+        else:
+            grads = torch.autograd.grad(chunk_loss, params, allow_unused=True)
+            for buf, g in zip(buffers, grads):
+                if g is not None:
+                    buf += g.to(torch.float32)
+
+    reg_loss = 0.0
+    if regularizer is not None:
+        reg = regularizer()
+        if reg.requires_grad:
+            if buffers is None:
+                reg.backward()
+            else:
+                grads = torch.autograd.grad(reg, params, allow_unused=True)
+                for buf, g in zip(buffers, grads):
+                    if g is not None:
+                        buf += g.to(torch.float32)
+        reg_loss = float(reg.detach())
+
+    if buffers is not None:
+        for p, buf in zip(params, buffers):
+            p.grad = buf.to(p.dtype)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+    data = float(data_loss)
+    return GradientResult(
+        loss=data + reg_loss, data_loss=data, reg_loss=reg_loss, num_samples=n, num_chunks=len(spans)
+    )
+
+
+@torch.no_grad()
+def full_batch_loss(
+    model: nn.Module,
+    loss_fn: LossFn,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+) -> float:
+    """The objective ``(1/N) sum_i l_i + R`` over all rows of X, without gradients."""
+    n = int(X.shape[0])
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    for start, stop in _chunks(n, chunk_size):
+        total += loss_fn(model(X[start:stop]), y[start:stop]).to(torch.float64) * ((stop - start) / n)
+    reg = float(regularizer()) if regularizer is not None else 0.0
+    return float(total) + reg
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    classification: bool,
+    chunk_size: int | None = None,
+) -> tuple[float | None, float | None]:
+    """Mean data loss and accuracy (fraction in [0, 1], classification only) over X (N, ...).
+
+    Returns (None, None) for an empty set. Binary models with one output count a logit > 0 as
+    class 1.
+    """
+    n = int(X.shape[0])
+    if n == 0:
+        return None, None
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    correct = 0
+    for start, stop in _chunks(n, chunk_size):
+        out = model(X[start:stop])
+        yc = y[start:stop]
+        total += loss_fn(out, yc).to(torch.float64) * ((stop - start) / n)
+        if classification:
+            if out.dim() == 1 or out.shape[-1] == 1:
+                pred = (out.reshape(-1) > 0).long()
+            else:
+                pred = out.argmax(dim=-1)
+            correct += int((pred == yc.reshape(-1).long()).sum())
+    return float(total), (correct / n if classification else None)
+
+
+def gradient_norm(params: Sequence[torch.Tensor]) -> float:
+    """Euclidean norm of the concatenated gradients of ``params`` (missing grads count as 0)."""
+    norms = [p.grad.detach().to(torch.float64).norm() for p in params if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.stack(norms).norm())

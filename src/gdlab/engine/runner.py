@@ -1,0 +1,290 @@
+"""Assemble a run from a validated RunConfig, run it, and produce the run record.
+
+This is the one place where task, model, loss, regulariser, update rule and sample schedule meet;
+the CLI, the demo and (later) studies all go through :func:`run`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import gdlab
+from gdlab.config import RunConfig
+from gdlab.data import Dataset, load_npz, load_task, validate_dataset
+from gdlab.data.tasks import TASKS
+from gdlab.engine.gradient import LossFn, auto_chunk_size
+from gdlab.engine.loop import Callback, StopRules, train_loop
+from gdlab.engine.regimes import SampleSchedule, make_schedule
+from gdlab.errors import GdlabError, unknown_name
+from gdlab.models import build_model
+from gdlab.optim import build_optimizer, get_loss, loss_output_dim, regularization_term
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+AUTO_HISTORY_RECORDS = 1000
+AUTO_EVALUATIONS = 50
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, built and checked, before any training step."""
+
+    config: RunConfig
+    device: torch.device
+    data: Dataset
+    model: nn.Module
+    loss_fn: LossFn
+    loss_name: str
+    optimizer: torch.optim.Optimizer
+    schedule: SampleSchedule
+    chunk_size: int
+    eval_every: int
+    log_every: int
+
+
+@dataclass
+class RunResult:
+    """A finished run: the record's parts plus the trained model (not part of the record)."""
+
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    final: dict[str, Any]
+    history: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The run record as plain JSON-able data; non-finite numbers become null with an event."""
+        events = list(self.events)
+        record = {
+            "config": self.config,
+            "environment": self.environment,
+            "final": _json_safe(self.final, "final", events),
+            "history": _json_safe(self.history, "history", events),
+            "events": events,
+            "diagnostics": _json_safe(self.diagnostics, "diagnostics", events),
+        }
+        return record
+
+
+def _json_safe(value: Any, where: str, events: list[dict[str, Any]]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        events.append({"step": None, "kind": "nonfinite_value",
+                       "detail": f"{where} was {value}; written as null"})
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v, f"{where}.{k}", events) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, f"{where}[{i}]", events) for i, v in enumerate(value)]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json_safe(value.item(), where, events)
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:K`` or ``auto`` (CUDA when available) as a torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GdlabError(f"device '{name}' was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def environment_info(config: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Versions, device, threads, seed and config hash: what a run needs to be reproduced."""
+    return {
+        "gdlab": gdlab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "seed": config.seed,
+        "config_hash": config.config_hash(),
+    }
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """The data set a config names: a local NPZ file (``data``) or a registered task."""
+    dtype = DTYPES[config.dtype]
+    if config.data is not None:
+        data = load_npz(
+            config.data, seed=config.seed, test_fraction=config.test_fraction,
+            standardize=True if config.standardize is None else config.standardize,
+        )
+        data = data.to(dtype=dtype)
+    else:
+        if config.task not in TASKS:
+            raise unknown_name("task", config.task, TASKS)
+        data = load_task(
+            config.task, seed=config.seed, n_samples=config.n_samples,
+            test_fraction=config.test_fraction, standardize=config.standardize, dtype=dtype,
+        )
+    validate_dataset(data)
+    return data
+
+
+def _check_model_io(model: nn.Module, data: Dataset, output_dim: int, spec: str) -> None:
+    """Run two rows through the model so shape mismatches fail now, with a clear message."""
+    probe = data.X_train[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GdlabError(
+            f"model '{spec}' cannot take this data's inputs of shape {tuple(data.input_shape)} "
+            f"({first}); choose a model whose input size matches the data"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != output_dim:
+        raise GdlabError(
+            f"model '{spec}' produces outputs of shape {tuple(out.shape[1:])} per sample but the "
+            f"loss needs {output_dim}; give the model {output_dim} outputs"
+        )
+
+
+def _expected_steps(config: RunConfig, schedule: SampleSchedule) -> int | None:
+    candidates = []
+    if config.steps is not None:
+        candidates.append(config.steps)
+    if config.max_epochs is not None:
+        candidates.append(math.ceil(config.max_epochs * schedule.steps_per_epoch))
+    return min(candidates) if candidates else None
+
+
+def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
+    """Build data, model, loss, optimizer and schedule from ``config``; every user mistake raises
+    GdlabError here, before anything is trained or written. ``model`` overrides ``config.model``."""
+    config.validate()
+    device = resolve_device(config.device)
+    data = load_data(config)
+    task = TASKS.get(config.task) if config.data is None else None
+    loss_name = config.loss or (task.default_loss if task else
+                                ("cross_entropy" if data.task_type == "classification" else "mse"))
+    loss_fn = get_loss(loss_name)
+    target_dim = data.y_train.shape[1] if data.task_type == "regression" else None
+    output_dim = loss_output_dim(loss_name, data.task_type, data.num_classes, target_dim)
+    spec = config.model or (task.default_model if task else "linear")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        built = build_model(
+            model if model is not None else spec, data.input_shape, output_dim,
+            seed=config.seed, image_shape=data.image_shape, dtype=DTYPES[config.dtype],
+        )
+    _check_model_io(built, data, output_dim, spec if model is None else type(model).__name__)
+    built = built.to(device)
+    data = data.to(device)
+    optimizer = build_optimizer(
+        config.optimizer, [p for p in built.parameters() if p.requires_grad], config.lr,
+        **config.optimizer_params,
+    )
+    schedule = make_schedule(
+        config.regime, data.n_train, batch_size=config.batch_size, last_batch=config.last_batch,
+        seed=config.seed + 1,
+    )
+    chunk = config.chunk_size or auto_chunk_size(built, data.X_train, config.memory_budget_mb)
+    if config.layer_mode == "train" and any(isinstance(m, _BatchNorm) for m in built.modules()):
+        rest = schedule.n % schedule.batch_size if schedule.last_batch == "keep" else 0
+        smallest = min(chunk, schedule.batch_size, rest or schedule.batch_size)
+        if smallest < 2:
+            raise GdlabError(
+                f"model '{spec}' has BatchNorm, which in layer mode 'train' needs >= 2 rows per "
+                f"forward pass but this run would pass {smallest}; use --layer-mode eval or a "
+                "larger --batch-size/--chunk-size"
+            )
+    expected = _expected_steps(config, schedule)
+    eval_every = config.eval_every or max(1, (expected or schedule.steps_per_epoch * AUTO_EVALUATIONS) // AUTO_EVALUATIONS)
+    log_every = config.log_every or max(1, (expected or schedule.steps_per_epoch * 10) // AUTO_HISTORY_RECORDS)
+    return PreparedRun(
+        config=config, device=device, data=data, model=built, loss_fn=loss_fn, loss_name=loss_name,
+        optimizer=optimizer, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
+        log_every=log_every,
+    )
+
+
+def run(
+    config: RunConfig, callbacks: Sequence[Callback] = (), model: nn.Module | None = None
+) -> RunResult:
+    """Train as ``config`` says and return the result (record parts plus the trained model).
+
+    The same config and seed on CPU give the same numbers: data, initialisation and sample order
+    are all seeded from ``config.seed``; the global torch RNG is seeded too (Dropout draws from it).
+    """
+    prepared = prepare(config, model=model)
+    torch.manual_seed(config.seed)
+    l1, l2 = config.l1, config.l2
+    net = prepared.model
+    regularizer = (lambda: regularization_term(net, l1=l1, l2=l2)) if (l1 or l2) else None
+    stop = StopRules(
+        max_steps=config.steps, max_epochs=config.max_epochs, loss_tol=config.loss_tol,
+        grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
+        divergence_factor=config.divergence_factor,
+    )
+    outcome = train_loop(
+        net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
+        regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
+        log_every=prepared.log_every, layer_mode=config.layer_mode, callbacks=callbacks,
+    )
+    resolved = config.to_dict()
+    resolved.update(
+        model=config.model or _default_model(config), loss=prepared.loss_name,
+        batch_size=prepared.schedule.batch_size, chunk_size=prepared.chunk_size,
+        eval_every=prepared.eval_every, log_every=prepared.log_every,
+    )
+    final = dict(outcome.final)
+    final.update(
+        n_train=prepared.data.n_train, n_test=prepared.data.n_test,
+        parameters=sum(p.numel() for p in net.parameters()),
+    )
+    return RunResult(
+        config=resolved, environment=environment_info(config, prepared.device), final=final,
+        history=outcome.history, events=outcome.events, model=net,
+    )
+
+
+def _default_model(config: RunConfig) -> str:
+    task = TASKS.get(config.task) if config.data is None else None
+    return task.default_model if task else "linear"
+
+
+def save_run(result: RunResult, out_dir: str | Path) -> Path:
+    """Write ``run.json`` (the record) and ``params.pt`` (the model's state_dict) into ``out_dir``.
+
+    Files are written to a temporary directory beside ``out_dir`` and moved in place at the end, so
+    an error never leaves a half-written run directory.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GdlabError(f"--out '{out}' exists and is not a directory; choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "run.json").write_text(json.dumps(result.to_record(), indent=2) + "\n")
+        if result.model is not None:
+            torch.save(result.model.state_dict(), tmp / "params.pt")
+        out.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
