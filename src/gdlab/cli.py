@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -117,19 +118,34 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return str(value)
 
 
-def _summary_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col, justify in (("run", "left"), ("status", "left"), ("steps", "right"),
-                         ("epochs", "right"), ("time s", "right"), ("train loss", "right"),
-                         ("|grad|", "right"), ("test loss", "right"), ("test acc", "right")):
-        table.add_column(col, justify=justify, no_wrap=col != "run")
-    for label, f in rows:
-        acc = f.get("test_accuracy")
-        table.add_row(
-            label, f["status"], str(f["step"]), _fmt(f["epochs"], ".2f"), _fmt(f["wall_time_s"], ".2f"),
-            _fmt(f["train_loss"]), _fmt(f["grad_norm"], ".3g"), _fmt(f["test_loss"]),
-            "-" if acc is None else f"{100 * acc:.1f}%",
-        )
+_SUMMARY_ROWS = (
+    ("status", "status", None),
+    ("steps", "step", None),
+    ("epochs (grad evals / N)", "epochs", ".2f"),
+    ("train time (s)", "wall_time_s", ".2f"),
+    ("train loss (objective)", "train_loss", ".4g"),
+    ("full gradient norm", "grad_norm", ".3g"),
+    ("test loss", "test_loss", ".4g"),
+    ("train accuracy", "train_accuracy", "%"),
+    ("test accuracy", "test_accuracy", "%"),
+)
+
+
+def _summary_table(runs: list[tuple[str, dict[str, Any]]]) -> Table:
+    """Metrics as rows, runs as columns: fits a narrow terminal and compares runs side by side."""
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    for label, _ in runs:
+        table.add_column(label, justify="right")
+    for name, key, spec in _SUMMARY_ROWS:
+        values = [f.get(key) for _, f in runs]
+        if all(v is None for v in values):
+            continue
+        if spec == "%":
+            cells = ["-" if v is None else f"{100 * v:.1f}%" for v in values]
+        else:
+            cells = [_fmt(v, spec or "") for v in values]
+        table.add_row(name, *cells)
     return table
 
 
@@ -157,18 +173,21 @@ class _Progress(Callback):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gdlab.engine.runner import run, save_run
+    from gdlab.engine.runner import check_output_dir, prepare, run, save_run
 
     config = config_from_args(args)
     err = Console(stderr=True)
     out = Console()
+    if args.out:
+        check_output_dir(args.out)
+    prepared = prepare(config)
     if not args.quiet:
         with _make_progress(err) as progress:
-            cb = _Progress(progress, f"{config.optimizer} / {config.regime}", config.steps)
-            result = run(config, callbacks=[cb])
+            cb = _Progress(progress, f"{config.optimizer} / {config.regime}", prepared.expected_steps)
+            result = run(config, callbacks=[cb], prepared=prepared)
             progress.update(cb.task, total=result.final["step"], completed=result.final["step"])
     else:
-        result = run(config)
+        result = run(config, prepared=prepared)
     if args.out:
         save_run(result, args.out)
     record = result.to_record()
@@ -176,10 +195,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     if not args.quiet:
         target = err if args.json else out
+        source = result.config["data"] or result.config["task"]
+        target.print(f"gdlab train: {source}, model {result.config['model']}, loss {result.config['loss']}")
         target.print(_summary_table(
-            f"gdlab train: task {result.config['task'] if not result.config['data'] else result.config['data']}, "
-            f"model {result.config['model']}, loss {result.config['loss']}",
-            [(f"{config.optimizer} lr={config.lr:g} {config.regime}", record["final"])],
+            [(f"{config.optimizer} lr={config.lr:g} {config.regime}", record["final"])]
         ))
         for event in record["events"]:
             target.print(f"[yellow]event[/yellow] step {event['step']}: {event['kind']}: {event['detail']}")
@@ -189,22 +208,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gdlab.engine.runner import save_run
-    from gdlab.study.demo import compare_regimes
+    from gdlab.engine.runner import check_output_dir, save_run
+    from gdlab.study.demo import plan_demo, run_demo
 
     err = Console(stderr=True)
     out = Console()
     if args.epochs is not None and args.epochs <= 0:
         raise GdlabError(f"--epochs must be > 0, got {args.epochs}")
     extra = {"device": args.device} if args.device else {}
+    if args.out:
+        check_output_dir(args.out)
+    planned = plan_demo(args.task, epochs=args.epochs, seed=args.seed, model=args.model, extra=extra)
     with _make_progress(err) as progress:
-        def callbacks_for(entry: Any, config: RunConfig) -> list[Callback]:
-            return [] if args.quiet else [_Progress(progress, entry.label, None)]
+        def callbacks_for(entry: Any, prepared: Any) -> list[Callback]:
+            return [] if args.quiet else [_Progress(progress, entry.label, prepared.expected_steps)]
 
-        results = compare_regimes(
-            args.task, epochs=args.epochs, seed=args.seed, model=args.model,
-            callbacks_for=callbacks_for, extra=extra,
-        )
+        results = run_demo(planned, callbacks_for=callbacks_for)
     records = [(entry, res.to_record()) for entry, res in results]
     if args.out:
         for entry, res in results:
@@ -213,11 +232,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [rec for _, rec in records]}))
     target = err if args.json else out
     first = records[0][1]
-    target.print(_summary_table(
+    target.print(
         f"gdlab demo: task {first['config']['task']}, model {first['config']['model']}, "
-        f"{args.epochs:g} epochs of gradient evaluations each, seed {args.seed}",
-        [(f"{e.label} lr={e.lr:g}", rec["final"]) for e, rec in records],
-    ))
+        f"{args.epochs:g} epochs of gradient evaluations each, seed {args.seed}"
+    )
+    target.print(_summary_table([(f"{e.label}\nlr={e.lr:g}", rec["final"]) for e, rec in records]))
     target.print(
         "Same budget of gradient evaluations (epochs) for each regime; wall time counts training "
         "only. Batch GD takes one exact step per epoch, SGD takes N noisy ones."
@@ -229,13 +248,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     from gdlab.data import list_tasks
     from gdlab.models import MODEL_FAMILIES
     from gdlab.optim import LOSSES, OPTIMIZERS
+    from gdlab.optim.registry import WEIGHT_DECAY_NOTE
 
     out = Console()
-    t = Table(title="tasks (--task)", title_justify="left")
-    for col in ("name", "type", "default model", "default loss", "description"):
-        t.add_column(col)
+    t = Table(title="tasks (--task)", title_justify="left", box=box.SIMPLE_HEAD)
+    t.add_column("name", no_wrap=True)
+    t.add_column("default model / loss", no_wrap=True)
+    t.add_column("description")
     for spec in list_tasks():
-        t.add_row(spec.name, spec.task_type, spec.default_model, spec.default_loss, spec.description)
+        t.add_row(spec.name, f"{spec.default_model}\n{spec.default_loss}", spec.description)
     out.print(t)
     for title, mapping in (
         ("models (--model)", MODEL_FAMILIES),
@@ -243,12 +264,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("regimes (--regime)", REGIMES),
         ("losses (--loss)", LOSSES),
     ):
-        t = Table(title=title, title_justify="left")
-        t.add_column("name")
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+        t.add_column("name", no_wrap=True)
         t.add_column("description")
         for name, text in mapping.items():
             t.add_row(name, text)
         out.print(t)
+        if title.startswith("optimizers"):
+            out.print(f"  note: {WEIGHT_DECAY_NOTE}\n")
     return 0
 
 

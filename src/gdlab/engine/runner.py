@@ -53,6 +53,7 @@ class PreparedRun:
     chunk_size: int
     eval_every: int
     log_every: int
+    expected_steps: int | None
 
 
 @dataclass
@@ -218,19 +219,24 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
     return PreparedRun(
         config=config, device=device, data=data, model=built, loss_fn=loss_fn, loss_name=loss_name,
         optimizer=optimizer, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
-        log_every=log_every,
+        log_every=log_every, expected_steps=expected,
     )
 
 
 def run(
-    config: RunConfig, callbacks: Sequence[Callback] = (), model: nn.Module | None = None
+    config: RunConfig,
+    callbacks: Sequence[Callback] = (),
+    model: nn.Module | None = None,
+    prepared: PreparedRun | None = None,
 ) -> RunResult:
     """Train as ``config`` says and return the result (record parts plus the trained model).
 
-    The same config and seed on CPU give the same numbers: data, initialisation and sample order
-    are all seeded from ``config.seed``; the global torch RNG is seeded too (Dropout draws from it).
+    ``prepared`` (from :func:`prepare` on the same config) skips building the run again. The same
+    config and seed on CPU give the same numbers: data, initialisation and sample order are all
+    seeded from ``config.seed``; the global torch RNG is seeded too (Dropout draws from it).
     """
-    prepared = prepare(config, model=model)
+    if prepared is None:
+        prepared = prepare(config, model=model)
     torch.manual_seed(config.seed)
     l1, l2 = config.l1, config.l2
     net = prepared.model
@@ -267,15 +273,24 @@ def _default_model(config: RunConfig) -> str:
     return task.default_model if task else "linear"
 
 
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Fail early (before training) if ``out_dir`` cannot become a run directory."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GdlabError(f"--out '{out}' exists and is not a directory; choose another path")
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise GdlabError(f"--out '{out}': '{parent}' is not writable; choose a writable directory")
+    return out
+
+
 def save_run(result: RunResult, out_dir: str | Path) -> Path:
     """Write ``run.json`` (the record) and ``params.pt`` (the model's state_dict) into ``out_dir``.
 
     Files are written to a temporary directory beside ``out_dir`` and moved in place at the end, so
     an error never leaves a half-written run directory.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GdlabError(f"--out '{out}' exists and is not a directory; choose another path")
+    out = check_output_dir(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

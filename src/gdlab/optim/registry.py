@@ -17,7 +17,7 @@ import torch
 from gdlab.errors import GdlabError, did_you_mean, unknown_name
 from gdlab.optim.linesearch import ArmijoLineSearch
 
-_WD_NOTE = "; weight_decay changes the update only, use l2 to change the objective"
+WEIGHT_DECAY_NOTE = "weight_decay (torch rules) changes the update only; use --l2 to change the objective"
 
 
 @dataclass(frozen=True)
@@ -37,52 +37,53 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     for spec in (
         OptimizerSpec(
             "gd",
-            "plain gradient descent, theta -= lr * g (torch SGD, momentum 0)" + _WD_NOTE,
+            "plain gradient descent, theta -= lr * g (torch SGD, momentum 0)",
             torch.optim.SGD,
             {"weight_decay": 0.0},
             {"momentum": 0.0},
         ),
         OptimizerSpec(
             "momentum",
-            "heavy-ball momentum (torch SGD, momentum 0.9)" + _WD_NOTE,
+            "heavy-ball momentum (torch SGD, momentum 0.9)",
             torch.optim.SGD,
             {"momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0},
         ),
         OptimizerSpec(
             "nesterov",
-            "Nesterov momentum (torch SGD, momentum 0.9, nesterov=True)" + _WD_NOTE,
+            "Nesterov momentum (torch SGD, momentum 0.9, nesterov=True)",
             torch.optim.SGD,
             {"momentum": 0.9, "weight_decay": 0.0},
             {"nesterov": True},
         ),
         OptimizerSpec(
             "adam",
-            "Adam (torch Adam, betas (0.9, 0.999), eps 1e-8)" + _WD_NOTE,
+            "Adam (torch Adam, betas (0.9, 0.999), eps 1e-8)",
             torch.optim.Adam,
             {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
         ),
         OptimizerSpec(
             "adamw",
-            "Adam with decoupled weight decay (torch AdamW, weight_decay 0.01)" + _WD_NOTE,
+            "Adam with decoupled weight decay (torch AdamW, weight_decay 0.01)",
             torch.optim.AdamW,
             {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False},
         ),
         OptimizerSpec(
             "rmsprop",
-            "RMSprop (torch RMSprop, alpha 0.99, eps 1e-8, momentum 0)" + _WD_NOTE,
+            "RMSprop (torch RMSprop, alpha 0.99, eps 1e-8, momentum 0)",
             torch.optim.RMSprop,
             {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         ),
         OptimizerSpec(
             "adagrad",
-            "Adagrad (torch Adagrad, eps 1e-10)" + _WD_NOTE,
+            "Adagrad (torch Adagrad, eps 1e-10)",
             torch.optim.Adagrad,
             {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0},
         ),
         OptimizerSpec(
             "linesearch",
             "gradient descent with Armijo backtracking line search on the full-batch loss; "
-            "lr is the first trial step, the accepted step is logged as lr",
+            "each step first tries grow x the last accepted step (initially lr), halving until "
+            "f drops by c*t*|g|^2; the accepted step is logged as lr",
             ArmijoLineSearch,
             {"c": 1e-4, "shrink": 0.5, "grow": 2.0, "max_backtracks": 50, "max_lr": None},
         ),
