@@ -60,7 +60,7 @@ def test_list_shows_every_registry():
     assert proc.returncode == 0
     for name in ("digits", "mnist1d", "adding", "mlp", "lstm", "nesterov", "linesearch", "stochastic", "bce"):
         assert name in proc.stdout
-    assert "use --l2 to change the objective" in proc.stdout
+    assert "--l2 changes the objective" in proc.stdout
 
 
 @pytest.fixture(scope="module")

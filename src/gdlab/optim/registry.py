@@ -17,7 +17,7 @@ import torch
 from gdlab.errors import GdlabError, did_you_mean, unknown_name
 from gdlab.optim.linesearch import ArmijoLineSearch
 
-WEIGHT_DECAY_NOTE = "weight_decay (torch rules) changes the update only; use --l2 to change the objective"
+WEIGHT_DECAY_NOTE = "weight_decay changes the update only; --l2 changes the objective"
 
 
 @dataclass(frozen=True)
