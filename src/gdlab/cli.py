@@ -155,6 +155,7 @@ def _make_progress(console: Console) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("epochs {task.fields[epochs]}  loss {task.fields[loss]}  |g| {task.fields[gnorm]}"),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=console,
     )
@@ -163,12 +164,13 @@ def _make_progress(console: Console) -> Progress:
 class _Progress(Callback):
     def __init__(self, progress: Progress, label: str, total: int | None) -> None:
         self.progress = progress
-        self.task = progress.add_task(label, total=total, loss="-", gnorm="-", epochs="0")
+        self.task = progress.add_task(label, total=total, loss="-", gnorm="-", epochs="0", rate="")
 
     def on_step(self, info: StepInfo) -> None:
         self.progress.update(
             self.task, completed=info.step, loss=f"{info.batch_loss:.4g}",
             gnorm=f"{info.grad_norm:.3g}", epochs=f"{info.epochs:.2f}",
+            rate=f"{info.step / info.wall_time_s:,.0f} steps/s" if info.wall_time_s > 0 else "",
         )
 
 
@@ -176,8 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gdlab.engine.runner import check_output_dir, prepare, run, save_run
 
     config = config_from_args(args)
-    err = Console(stderr=True)
-    out = Console()
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False)
     if args.out:
         check_output_dir(args.out)
     prepared = prepare(config)
@@ -211,8 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gdlab.engine.runner import check_output_dir, save_run
     from gdlab.study.demo import plan_demo, run_demo
 
-    err = Console(stderr=True)
-    out = Console()
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False)
     if args.epochs is not None and args.epochs <= 0:
         raise GdlabError(f"--epochs must be > 0, got {args.epochs}")
     extra = {"device": args.device} if args.device else {}
@@ -250,7 +252,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from gdlab.optim import LOSSES, OPTIMIZERS
     from gdlab.optim.registry import WEIGHT_DECAY_NOTE
 
-    out = Console()
+    out = Console(highlight=False)
     t = Table(title="tasks (--task)", title_justify="left", box=box.SIMPLE_HEAD)
     t.add_column("name", no_wrap=True)
     t.add_column("default model / loss", no_wrap=True)
