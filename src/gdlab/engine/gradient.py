@@ -100,6 +100,19 @@ def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def _accumulate(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], buffers: list[torch.Tensor] | None
+) -> None:
+    """Add d(loss)/d(params) to p.grad, or to float32 ``buffers`` for low-precision parameters."""
+    if buffers is None:
+        loss.backward()
+        return
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for buf, g in zip(buffers, grads):
+        if g is not None:
+            buf += g.to(torch.float32)
+
+
 def full_batch_loss_and_grad(
     model: nn.Module,
     loss_fn: LossFn,
@@ -137,25 +150,13 @@ def full_batch_loss_and_grad(
         out = model(X[start:stop])
         chunk_loss = loss_fn(out, y[start:stop]) * ((stop - start) / n)
         data_loss += chunk_loss.detach().to(torch.float64)
-        if buffers is None:
-            chunk_loss.backward()
-        else:
-            grads = torch.autograd.grad(chunk_loss, params, allow_unused=True)
-            for buf, g in zip(buffers, grads):
-                if g is not None:
-                    buf += g.to(torch.float32)
+        _accumulate(chunk_loss, params, buffers)
 
     reg_loss = 0.0
     if regularizer is not None:
         reg = regularizer()
         if reg.requires_grad:
-            if buffers is None:
-                reg.backward()
-            else:
-                grads = torch.autograd.grad(reg, params, allow_unused=True)
-                for buf, g in zip(buffers, grads):
-                    if g is not None:
-                        buf += g.to(torch.float32)
+            _accumulate(reg, params, buffers)
         reg_loss = float(reg.detach())
 
     if buffers is not None:
