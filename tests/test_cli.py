@@ -115,3 +115,46 @@ def test_bad_input_gives_one_line_error_and_exit_2(bad_files, tmp_path, argv, ne
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not out.exists()
     assert (bad_files / "afile").read_text() == "not a directory"
+
+
+def test_stability_reports_vanishing_layers_and_sharpness():
+    """`gdlab stability` on a deep sigmoid MLP names the first problem (vanishing at the first
+    layer), prints the per-layer table and the sharpness-vs-2/lr table."""
+    proc = gdlab("stability", "--task", "digits", "--model", "mlp:64x8:sigmoid", "--lr", "0.5",
+                 "--steps", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert "first problem at step 0: vanishing in layers.0.weight" in proc.stdout
+    assert "2/lr" in proc.stdout and "layers.16.weight" in proc.stdout
+
+
+def test_sharpness_of_a_saved_run_matches_the_closed_form(tmp_path):
+    """`gdlab sharpness --run DIR` on a saved linear regression returns lambda_max(X^T X / N)
+    (numpy.linalg.eigvalsh), the Hessian of the 0.5-mean-squared-error objective."""
+    import torch
+
+    from gdlab.data import load_task
+
+    out = tmp_path / "lin"
+    assert gdlab("train", "--task", "linreg", "--steps", "20", "--quiet", "--out", str(out)).returncode == 0
+    proc = gdlab("sharpness", "--run", str(out), "--k", "2", "--iters", "10", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    data = load_task("linreg", seed=0, dtype=torch.float64)
+    A = np.c_[data.X_train.numpy(), np.ones(data.n_train)]
+    eig = np.linalg.eigvalsh(A.T @ A / data.n_train)
+    assert result["top_eigenvalues"] == pytest.approx(sorted(eig, reverse=True), rel=1e-4)
+    assert result["side"] == ("stable" if 0.1 * eig.max() < 2 else "unstable")
+
+
+def test_sharpness_bad_run_directories_exit_2(tmp_path):
+    """A missing run directory and a params.pt from another model give one-line errors, exit 2."""
+    proc = gdlab("sharpness", "--run", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "is missing" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert gdlab("train", "--task", "iris", "--steps", "1", "--quiet", "--out", str(a)).returncode == 0
+    assert gdlab("train", "--task", "iris", "--model", "mlp:4-8-3", "--steps", "1", "--quiet",
+                 "--out", str(b)).returncode == 0
+    (a / "params.pt").write_bytes((b / "params.pt").read_bytes())
+    proc = gdlab("sharpness", "--run", str(a))
+    assert proc.returncode == 2 and "does not match model" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

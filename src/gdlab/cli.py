@@ -20,7 +20,7 @@ from rich.table import Table
 
 from gdlab import __version__
 from gdlab.config import RunConfig, load_config_file
-from gdlab.engine.loop import Callback, StepInfo
+from gdlab.engine.loop import Callback, NonFiniteError, StepInfo
 from gdlab.engine.regimes import REGIMES
 from gdlab.errors import GdlabError
 
@@ -71,13 +71,28 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed for data, initialisation and sample order, default 0")
     g.add_argument("--device", help="cpu | cuda | cuda:K | auto, default cpu")
     g.add_argument("--dtype", choices=("float32", "float64"), help="parameter and data dtype")
+    g = p.add_argument_group("step-size policy and numerical stability")
+    g.add_argument("--schedule", help="lr schedule: constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:T[:MIN]], warmup:W[+REST]")
+    g.add_argument("--clip-norm", type=float, help="clip the gradient to this global 2-norm")
+    g.add_argument("--clip-value", type=float, help="clip each gradient entry to [-X, X]")
+    g.add_argument("--nonfinite-policy", choices=("rollback", "stop", "raise"),
+                   help="on NaN/Inf or exploding loss: roll back and cut lr (default), stop, or raise")
+    g.add_argument("--rollback-lr-factor", type=float, help="lr multiplier after a rollback, default 0.5")
+    g.add_argument("--max-rollbacks", type=int, help="rollbacks before the run stops as diverged, default 10")
+    g.add_argument("--health-every", type=int, help="record per-layer gradient health every K steps")
+    g.add_argument("--vanishing-ratio", type=float, help="vanishing: layer grad norm < this x output layer's, default 1e-3")
+    g.add_argument("--exploding-factor", type=float, help="exploding: grad norm > this x its first value, default 1e3")
+    g.add_argument("--sharpness-every", type=int, help="top Hessian eigenvalue every K steps")
+    g.add_argument("--sharpness-iters", type=int, help="Lanczos iterations (HVPs) per sharpness estimate, default 20")
 
 
 _CONFIG_FLAGS = (
     "task", "data", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
     "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb",
     "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
-    "log_every", "seed", "device", "dtype",
+    "log_every", "seed", "device", "dtype", "schedule", "clip_norm", "clip_value",
+    "nonfinite_policy", "rollback_lr_factor", "max_rollbacks", "health_every", "vanishing_ratio",
+    "exploding_factor", "sharpness_every", "sharpness_iters",
 )
 
 
@@ -174,15 +189,20 @@ class _Progress(Callback):
         )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from gdlab.engine.runner import check_output_dir, prepare, run, save_run
+MAX_EVENTS_SHOWN = 15
+EXIT_TRAINING_FAILED = 1
 
-    config = config_from_args(args)
+
+def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = False) -> Any:
+    """Prepare (all validation first), train with a progress bar, save; returns the result."""
+    from gdlab.runner import check_output_dir, prepare, run, save_run
+
     err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
     if args.out:
         check_output_dir(args.out)
     prepared = prepare(config)
+    if auto_sharpness and config.sharpness_every is None:
+        config.sharpness_every = max(1, (prepared.expected_steps or 200) // 20)
     if not args.quiet:
         with _make_progress(err) as progress:
             cb = _Progress(progress, f"{config.optimizer} / {config.regime}", prepared.expected_steps)
@@ -192,25 +212,138 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = run(config, prepared=prepared)
     if args.out:
         save_run(result, args.out)
+    return result
+
+
+def _print_run(console: Console, command: str, result: Any, record: dict[str, Any]) -> None:
+    cfg = result.config
+    console.print(f"gdlab {command}: {cfg['data'] or cfg['task']}, model {cfg['model']}, loss {cfg['loss']}")
+    console.print(_summary_table(
+        [(f"{cfg['optimizer']} lr={cfg['lr']:g} {cfg['regime']}", record["final"])]
+    ))
+
+
+def _print_events(console: Console, events: list[dict[str, Any]]) -> None:
+    for event in events[:MAX_EVENTS_SHOWN]:
+        console.print(f"event step {event['step']}: {event['kind']}: {event['detail']}")
+    if len(events) > MAX_EVENTS_SHOWN:
+        console.print(f"... and {len(events) - MAX_EVENTS_SHOWN} more events (see --json)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    result = _train(args, config)
     record = result.to_record()
     if args.json:
         print(json.dumps(record))
     if not args.quiet:
-        target = err if args.json else out
-        source = result.config["data"] or result.config["task"]
-        target.print(f"gdlab train: {source}, model {result.config['model']}, loss {result.config['loss']}")
-        target.print(_summary_table(
-            [(f"{config.optimizer} lr={config.lr:g} {config.regime}", record["final"])]
-        ))
-        for event in record["events"]:
-            target.print(f"[yellow]event[/yellow] step {event['step']}: {event['kind']}: {event['detail']}")
+        target = Console(stderr=args.json, highlight=False)
+        _print_run(target, "train", result, record)
+        _print_events(target, record["events"])
         if args.out:
             target.print(f"saved run.json and params.pt to {args.out}")
     return 0
 
 
+def cmd_stability(args: argparse.Namespace) -> int:
+    from gdlab.diagnostics.summary import first_problem, layer_rows, sharpness_rows
+
+    if args.health_every is None:
+        args.health_every = 1
+    config = config_from_args(args)
+    result = _train(args, config, auto_sharpness=True)
+    record = result.to_record()
+    if args.json:
+        print(json.dumps(record))
+    if args.quiet:
+        return 0
+    con = Console(stderr=args.json, highlight=False)
+    _print_run(con, "stability", result, record)
+    problem = first_problem(record["events"])
+    if problem is None:
+        con.print("health: no vanishing or exploding gradients, no non-finite values, "
+                  "sharpness never above 2/lr")
+    else:
+        where = f" in {problem['layer']}" if problem.get("layer") else ""
+        con.print(f"health: first problem at step {problem['step']}: {problem['kind']}{where}: {problem['detail']}")
+    rows = layer_rows(record["final"].get("health"))
+    if rows:
+        con.print("\ngradient norm per parameter tensor over the recorded steps:")
+        t = Table(box=box.SIMPLE_HEAD)
+        t.add_column("parameter", no_wrap=True)
+        for col in ("first", "last", "min", "max", "flag"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(r["layer"], *(_fmt(r[k], ".3g") for k in ("first", "last", "min", "max")),
+                      ", ".join(r["flags"]) or "ok")
+        con.print(t)
+    srows = sharpness_rows(record["diagnostics"])
+    if srows:
+        con.print("sharpness (top Hessian eigenvalue of the training loss) against 2/lr:")
+        t = Table(box=box.SIMPLE_HEAD)
+        for col in ("step", "sharpness", "2/lr", "GD at this lr"):
+            t.add_column(col, justify="right")
+        for r in srows:
+            t.add_row(str(r["step"]), _fmt(r["sharpness"], ".4g"), _fmt(r["two_over_lr"], ".4g"),
+                      r["side"] or "-")
+        con.print(t)
+    # per-layer health events are summarised by the table above
+    _print_events(con, [e for e in record["events"] if e.get("layer") is None])
+    if args.out:
+        con.print(f"saved run.json and params.pt to {args.out}")
+    return 0
+
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from gdlab.diagnostics.hessian import HessianOperator, hutchinson_trace, lanczos
+    from gdlab.diagnostics.summary import stability_side
+    from gdlab.runner import load_run
+
+    if args.k < 1 or args.iters < max(2, args.k):
+        raise GdlabError(f"--k must be >= 1 and --iters >= max(2, k); got k={args.k}, iters={args.iters}")
+    prepared = load_run(args.run)
+    obj = prepared.data
+    model = prepared.model
+    model.train(False)
+    l1, l2 = prepared.config.l1, prepared.config.l2
+    from gdlab.optim import regularization_term
+
+    reg = (lambda: regularization_term(model, l1=l1, l2=l2)) if (l1 or l2) else None
+    op = HessianOperator(model, prepared.loss_fn, obj.X_train, obj.y_train,
+                         chunk_size=prepared.chunk_size, regularizer=reg)
+    eig = lanczos(op, k=args.k, iters=args.iters, seed=prepared.config.seed)
+    trace = hutchinson_trace(op, samples=50, seed=prepared.config.seed) if args.trace else None
+    lr = prepared.config.lr
+    top = eig.values[0]
+    result = {
+        "run": str(args.run), "lr": lr, "two_over_lr": 2.0 / lr, "top_eigenvalues": eig.values,
+        "sharpness": top, "two_over_sharpness": (2.0 / top) if top > 0 else None,
+        "side": stability_side(top, lr), "hvps": eig.hvps,
+        "trace": None if trace is None else {"estimate": trace.estimate, "stderr": trace.stderr},
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    con = Console(highlight=False)
+    con.print(f"gdlab sharpness: {args.run} ({prepared.config.model} on {prepared.config.data or prepared.config.task}, "
+              f"{op.dim} parameters, {eig.hvps} Hessian-vector products)")
+    t = Table(box=box.SIMPLE_HEAD)
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("top eigenvalues", ", ".join(f"{v:.6g}" for v in eig.values))
+    t.add_row("sharpness (lambda_max)", f"{top:.6g}")
+    t.add_row("2 / lambda_max (largest stable lr)", _fmt(result["two_over_sharpness"], ".4g"))
+    t.add_row("lr of the run", f"{lr:g}")
+    t.add_row("2 / lr", f"{2.0 / lr:.4g}")
+    if trace is not None:
+        t.add_row("trace (Hutchinson)", f"{trace.estimate:.4g} +- {trace.stderr:.2g}")
+    t.add_row("GD at the run's lr", result["side"] + (" (sharpness < 2/lr)" if result["side"] == "stable" else " (sharpness >= 2/lr)"))
+    con.print(t)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gdlab.engine.runner import check_output_dir, save_run
+    from gdlab.runner import check_output_dir, save_run
     from gdlab.study.demo import plan_demo, run_demo
 
     err = Console(stderr=True, highlight=False)
@@ -289,6 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("stability", help="train with gradient health and sharpness tracking, print a health summary")
+    _add_train_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
+    p.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=cmd_stability)
+
+    p = sub.add_parser("sharpness", help="top Hessian eigenvalues of the training loss at a saved run's parameters")
+    p.add_argument("--run", required=True, metavar="DIR", help="a directory written by --out (run.json, params.pt)")
+    p.add_argument("--k", type=int, default=3, help="how many top eigenvalues (Lanczos), default 3")
+    p.add_argument("--iters", type=int, default=50, help="Lanczos iterations (HVPs), default 50")
+    p.add_argument("--trace", action="store_true", help="also estimate the Hessian trace (Hutchinson)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.set_defaults(func=cmd_sharpness)
+
     p = sub.add_parser("demo", help="compare batch, mini-batch and stochastic GD on one task")
     p.add_argument("--task", default="digits", help="task to train, default digits")
     p.add_argument("--model", help="model spec (task default)")
@@ -313,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GdlabError as exc:
         print(f"gdlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except NonFiniteError as exc:
+        print(f"gdlab: training stopped (nonfinite_policy raise): {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
 
 
 if __name__ == "__main__":

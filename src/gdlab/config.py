@@ -48,6 +48,17 @@ class RunConfig:
     grad_tol: float | None = None
     time_budget_s: float | None = None
     divergence_factor: float = 1e6
+    schedule: str | None = None
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    nonfinite_policy: str = "rollback"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 10
+    health_every: int | None = None
+    vanishing_ratio: float = 1e-3
+    exploding_factor: float = 1e3
+    sharpness_every: int | None = None
+    sharpness_iters: int = 20
     eval_every: int | None = None
     log_every: int | None = None
     seed: int = 0
@@ -109,6 +120,22 @@ class RunConfig:
         _check_float(self, "grad_tol", minimum=0.0, optional=True)
         _check_float(self, "time_budget_s", above=0.0, optional=True)
         _check_float(self, "divergence_factor", above=1.0)
+        _check_optional(self, "schedule", str)
+        _check_float(self, "clip_norm", above=0.0, optional=True)
+        _check_float(self, "clip_value", above=0.0, optional=True)
+        _check_choice(self, "nonfinite_policy", ("rollback", "stop", "raise"))
+        _check_float(self, "rollback_lr_factor", above=0.0, below=1.0)
+        _check_int(self, "max_rollbacks", minimum=0)
+        _check_int(self, "health_every", minimum=1, optional=True)
+        _check_float(self, "vanishing_ratio", above=0.0, below=1.0)
+        _check_float(self, "exploding_factor", above=1.0)
+        _check_int(self, "sharpness_every", minimum=1, optional=True)
+        _check_int(self, "sharpness_iters", minimum=2)
+        if self.schedule not in (None, "constant") and self.optimizer == "linesearch":
+            raise GdlabError(
+                "optimizer 'linesearch' chooses its own step each iteration, so it takes no "
+                "schedule; drop --schedule or use another optimizer"
+            )
         _check_int(self, "eval_every", minimum=1, optional=True)
         _check_int(self, "log_every", minimum=1, optional=True)
         _check_int(self, "seed", minimum=0)

@@ -1,222 +1,167 @@
-"""The training loop and runner against closed forms, scikit-learn and torch.optim by hand."""
+"""The loop's non-finite guard, clipping and schedules, against hand computations and theorems."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from gdlab.config import RunConfig
 from gdlab.data import load_task
-from gdlab.engine.runner import prepare, run, save_run
-from gdlab.errors import GdlabError
-from gdlab.optim import get_loss
+from gdlab.diagnostics.summary import sharpness_rows
+from gdlab.engine.loop import NonFiniteError
+from gdlab.optim.schedules import schedule_lrs
+from gdlab.runner import run
 
 
 def cfg(**kw):
     return RunConfig.from_dict(kw)
 
 
-def test_gd_on_linear_regression_reaches_least_squares():
-    """Full-batch GD on y = 3x + 2 + noise converges to numpy.linalg.lstsq's solution to 1e-6."""
-    result = run(cfg(task="linreg", model="linear", optimizer="gd", lr=0.5, steps=3000,
-                     grad_tol=1e-12, dtype="float64"))
+def linreg_lambda_max():
     data = load_task("linreg", seed=0, dtype=torch.float64)
     A = np.c_[data.X_train.numpy(), np.ones(data.n_train)]
-    coef, *_ = np.linalg.lstsq(A, data.y_train.numpy(), rcond=None)
-    model = result.model
-    got = np.r_[model.linear.weight.detach().numpy().ravel(), model.linear.bias.detach().numpy()] \
-        if hasattr(model, "linear") else np.r_[[p.detach().numpy().ravel() for p in model.parameters()]].ravel()
-    assert np.allclose(got, coef.ravel(), atol=1e-6, rtol=0)
-    assert result.final["status"] == "stopped" and result.final["stop_reason"] == "grad_tol"
-    assert abs(coef[0, 0] - 3) < 0.5 and abs(coef[1, 0] - 2) < 0.5
+    return float(np.linalg.eigvalsh(A.T @ A / data.n_train).max()), data
 
 
-def test_l2_logistic_regression_matches_scikit_learn_objective():
-    """Full-batch GD with L2 on breast_cancer reaches scikit-learn LogisticRegression's objective
-    value to 1e-6 relative. sklearn minimises C*sum(logloss) + |w|^2/2, i.e. ours with
-    l2 = 1/(C*N) and an unpenalised intercept."""
-    C = 0.1
-    data = load_task("breast_cancer", seed=0, dtype=torch.float64)
-    N = data.n_train
-    l2 = 1.0 / (C * N)
-    result = run(cfg(task="breast_cancer", model="logistic", loss="bce", optimizer="gd", lr=1.0,
-                     l2=l2, steps=20000, grad_tol=1e-9, dtype="float64"))
-    X, y = data.X_train.numpy(), data.y_train.numpy()
-    sk = LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(X, y)
-    z = X @ sk.coef_.ravel() + sk.intercept_[0]
-    ref = np.mean(np.logaddexp(0, z) - y * z) + 0.5 * l2 * np.sum(sk.coef_**2)
-    assert abs(result.final["train_loss"] - ref) <= 1e-6 * ref
+def first_nonfinite_step(lr, steps):
+    """Plain float32 GD on the same linear regression by hand: the first step whose loss or
+    gradient is not finite."""
+    data = load_task("linreg", seed=0)
+    run0 = run(cfg(task="linreg", steps=0))
+    w = run0.model.linear.weight.detach().clone().double()
+    b = run0.model.linear.bias.detach().clone().double()
+    X, y = data.X_train.double(), data.y_train.double()
+    w, b = w.float(), b.float()
+    X, y = X.float(), y.float()
+    for s in range(steps):
+        r = X @ w.T + b - y
+        loss = 0.5 * (r**2).sum(dim=1).mean()
+        gw, gb = (r.T @ X) / X.shape[0], r.mean(dim=0)
+        if not (torch.isfinite(loss) and torch.isfinite(gw).all() and torch.isfinite(gb).all()):
+            return s
+        w, b = w - lr * gw, b - lr * gb
+    return None
 
 
-UPDATE_RULES = [
-    ("gd", torch.optim.SGD, {}),
-    ("momentum", torch.optim.SGD, {"momentum": 0.9}),
-    ("nesterov", torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
-    ("adam", torch.optim.Adam, {"betas": (0.9, 0.999), "eps": 1e-8}),
-    ("adamw", torch.optim.AdamW, {"weight_decay": 0.01}),
-    ("rmsprop", torch.optim.RMSprop, {"alpha": 0.99, "eps": 1e-8}),
-    ("adagrad", torch.optim.Adagrad, {}),
-]
+def test_policy_stop_halts_at_the_first_nonfinite_step_with_finite_parameters():
+    """With policy stop (and the loss-growth rule off) the run stops at exactly the step where a
+    hand-written float32 GD first produces a non-finite loss, and keeps the last good parameters."""
+    lr = 50.0
+    expected = first_nonfinite_step(lr, 500)
+    assert expected is not None
+    result = run(cfg(task="linreg", lr=lr, steps=500, nonfinite_policy="stop", divergence_factor=1e300))
+    assert result.final["status"] == "diverged" and result.final["stop_reason"] == "nonfinite"
+    event = next(e for e in result.events if e["kind"] == "nonfinite")
+    assert event["step"] == expected
+    assert result.final["step"] == expected - 1
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
-@pytest.mark.parametrize("name, cls, kwargs", UPDATE_RULES)
-def test_each_update_rule_takes_the_torch_optim_step(name, cls, kwargs):
-    """Six full-batch steps through gdlab equal six steps of the torch.optim class driven by hand
-    on one whole-set autograd pass (float64, same initial parameters)."""
-    config = cfg(task="iris", model="mlp:4-8-3:tanh", optimizer=name, lr=0.05, steps=6, dtype="float64")
-    prepared = prepare(config)
-    ref_model = prepared.model
-    init = {k: v.clone() for k, v in ref_model.state_dict().items()}
-    result = run(config)
-    ref_model.load_state_dict(init)
-    opt = cls(ref_model.parameters(), lr=0.05, **kwargs)
-    loss_fn = get_loss("cross_entropy")
-    X, y = prepared.data.X_train, prepared.data.y_train
-    for _ in range(6):
-        opt.zero_grad()
-        loss_fn(ref_model(X), y).backward()
-        opt.step()
-    for p, q in zip(result.model.parameters(), ref_model.parameters()):
-        assert torch.allclose(p, q, rtol=0, atol=1e-13)
+def test_rollback_restores_parameters_cuts_lr_and_finishes():
+    """A huge learning rate forces NaN; the rollback policy records nonfinite + rollback events,
+    halves lr each time, and ends with finite parameters and a finite loss."""
+    result = run(cfg(task="linreg", lr=50.0, steps=300, divergence_factor=1e300))
+    kinds = [e["kind"] for e in result.events]
+    assert "nonfinite" in kinds and "rollback" in kinds
+    n = result.final["rollbacks"]
+    assert n >= 1 and result.final["final_lr"] == pytest.approx(50.0 * 0.5**n)
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert math.isfinite(result.final["train_loss"]) and result.final["status"] == "completed"
 
 
-def test_history_accounting_counts_gradient_evaluations():
-    """Minibatch B=10 over N rows for 3 epochs: epochs = samples / N at every record, the run
-    stops after exactly 3 epochs, and the step count is 3 * ceil(N / 10)."""
-    result = run(cfg(task="iris", optimizer="gd", lr=0.1, regime="minibatch", batch_size=10,
-                     max_epochs=3, log_every=1, eval_every=5))
-    n = result.final["n_train"]
-    steps_per_epoch = math.ceil(n / 10)
-    assert result.final["step"] == 3 * steps_per_epoch
-    assert result.final["epochs"] == pytest.approx(3.0)
-    assert result.final["gradient_evaluations"] == 3 * n
-    recs = result.history
-    for a, b in zip(recs, recs[1:]):
-        assert b["step"] > a["step"] and b["epochs"] >= a["epochs"] and b["wall_time_s"] >= a["wall_time_s"]
-    assert [r["step"] for r in recs if r["test_loss"] is not None][:3] == [0, 5, 10]
-    assert result.final["status"] == "completed" and result.final["stop_reason"] == "max_epochs"
+def test_rollback_gives_up_after_max_rollbacks():
+    """With max_rollbacks = 2 and a step size far beyond stability the run stops as diverged."""
+    result = run(cfg(task="linreg", lr=1e4, steps=300, max_rollbacks=2, rollback_lr_factor=0.9))
+    assert result.final["status"] == "diverged" and result.final["rollbacks"] == 2
 
 
-def test_stochastic_steps_use_one_sample_each():
-    """Stochastic regime: each step adds exactly 1/N epoch."""
-    result = run(cfg(task="iris", optimizer="gd", lr=0.01, regime="stochastic", steps=25, log_every=1))
-    n = result.final["n_train"]
-    assert result.final["gradient_evaluations"] == 25
-    assert [r["epochs"] for r in result.history[:5]] == pytest.approx([i / n for i in range(5)])
+def test_policy_raise_raises():
+    """Policy raise surfaces divergence as NonFiniteError."""
+    with pytest.raises(NonFiniteError):
+        run(cfg(task="linreg", lr=50.0, steps=300, nonfinite_policy="raise"))
 
 
-def test_gd_diverges_above_two_over_lambda_max_and_converges_below():
-    """On linear regression (a quadratic with Hessian X^T X / m for the 0.5-mean convention) GD
-    converges for lr < 2/lambda_max and diverges for lr > 2/lambda_max."""
-    data = load_task("linreg", seed=0, dtype=torch.float64)
-    A = np.c_[data.X_train.numpy(), np.ones(data.n_train)]
-    lam = np.linalg.eigvalsh(A.T @ A / data.n_train).max()
-    below = run(cfg(task="linreg", optimizer="gd", lr=0.95 * 2 / lam, steps=3000, dtype="float64"))
-    above = run(cfg(task="linreg", optimizer="gd", lr=1.05 * 2 / lam, steps=3000, dtype="float64"))
-    assert below.final["status"] == "completed" and below.final["grad_norm"] < 1e-6
-    assert above.final["status"] == "diverged"
-    assert any(e["kind"] in ("exploding", "nonfinite") for e in above.events)
+@pytest.mark.parametrize("factor, converges", [(1.9, True), (2.1, False)])
+def test_gd_on_a_quadratic_is_stable_iff_lr_below_two_over_lambda(factor, converges):
+    """Linear least squares is a quadratic with Hessian X^T X / N: constant-step GD converges for
+    lr = 1.9/lambda_max and diverges for lr = 2.1/lambda_max, and the tracked sharpness says which
+    side of 2/lr each run is on (sharpness equals lambda_max from numpy.linalg.eigvalsh)."""
+    lam, _ = linreg_lambda_max()
+    result = run(cfg(task="linreg", lr=factor / lam, steps=400, dtype="float64", nonfinite_policy="stop",
+                     sharpness_every=50, sharpness_iters=5))
+    rows = sharpness_rows(result.to_record()["diagnostics"])
+    assert rows and all(r["sharpness"] == pytest.approx(lam, rel=1e-8) for r in rows)
+    if converges:
+        assert result.final["status"] == "completed" and result.final["grad_norm"] < 1e-6
+        assert all(r["side"] == "stable" for r in rows)
+        assert not any(e["kind"] == "sharpness_above_2_over_lr" for e in result.events)
+    else:
+        assert result.final["status"] == "diverged"
+        assert all(r["side"] == "unstable" for r in rows)
+        assert any(e["kind"] == "sharpness_above_2_over_lr" for e in result.events)
 
 
-def test_loss_tolerance_and_time_budget_stop_the_run():
-    """loss_tol stops with target_reached at the first step whose objective is <= tol; a tiny time
-    budget stops with time_budget."""
-    result = run(cfg(task="iris", optimizer="adam", lr=0.05, steps=2000, loss_tol=0.2, log_every=1))
-    assert result.final["status"] == "target_reached"
-    losses = [r["train_loss"] for r in result.history if r["train_loss"] is not None]
-    assert losses[-1] <= 0.2 and all(v > 0.2 for v in losses[:-1])
-    timed = run(cfg(task="digits", optimizer="gd", regime="stochastic", time_budget_s=0.2))
-    assert timed.final["status"] == "time_budget"
-    assert 0.2 <= timed.final["wall_time_s"] < 2.0
+def test_clipping_bounds_the_applied_gradient_and_is_counted():
+    """Clip by global norm: every clipped step is counted; the factor recorded in the history
+    equals max_norm / ||g|| when ||g|| > max_norm (checked against the logged gradient norm)."""
+    result = run(cfg(task="linreg", lr=0.1, steps=50, clip_norm=1.0, log_every=1))
+    clipped = [r for r in result.history if r.get("clip_factor", 1.0) < 1.0]
+    assert clipped and result.final["clipping"]["clipped_steps"] == len(clipped)
+    for r in clipped:
+        assert r["clip_factor"] == pytest.approx(1.0 / r["grad_norm"], rel=1e-6)
+    for r in result.history:
+        if "clip_factor" in r and r["grad_norm"] <= 1.0:
+            assert r["clip_factor"] == 1.0
+    assert any(e["kind"] == "clip" for e in result.events)
 
 
-def test_minibatch_loss_tolerance_uses_the_full_objective():
-    """In minibatch regimes the loss target is checked on the full training objective."""
-    result = run(cfg(task="iris", optimizer="adam", lr=0.05, regime="minibatch", batch_size=16,
-                     max_epochs=200, loss_tol=0.3, eval_every=2))
-    assert result.final["status"] == "target_reached"
-    assert result.history[-1]["train_loss"] <= 0.3
+def test_clipping_tames_an_exploding_recurrent_network():
+    """An Elman RNN with large recurrent weights on long sequences blows up under plain GD (the
+    run diverges with policy stop); the same run with clip_norm=1 clips and stays finite."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(2, 32, batch_first=True)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = rnn
+            self.head = torch.nn.Linear(32, 1)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.mul_(6.0)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    base = dict(task="adding", n_samples=200, lr=0.5, steps=40, nonfinite_policy="stop",
+                divergence_factor=100.0, health_every=1)
+    torch.manual_seed(0)
+    plain = run(cfg(**base), model=Net())
+    torch.manual_seed(0)
+    clipped = run(cfg(**base, clip_norm=1.0), model=Net())
+    assert plain.final["status"] == "diverged"
+    assert clipped.final["status"] == "completed" and math.isfinite(clipped.final["train_loss"])
+    assert clipped.final["clipping"]["clipped_steps"] > 0
+    assert clipped.final["train_loss"] <= 1.01 * clipped.history[0]["train_loss"]
 
 
-def test_same_config_and_seed_give_identical_histories():
-    """Two runs with the same config and seed on CPU produce identical numbers (wall time aside)."""
-    config = dict(task="spirals", optimizer="momentum", lr=0.1, regime="minibatch", batch_size=32,
-                  max_epochs=2, log_every=1)
-    a, b = run(cfg(**config)), run(cfg(**config))
-    strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in h]
-    assert strip(a.history) == strip(b.history)
-    c = run(cfg(**{**config, "seed": 1}))
-    assert strip(c.history) != strip(a.history)
+def test_schedule_drives_the_logged_learning_rate():
+    """The lr column of the history follows the schedule exactly (warmup then cosine)."""
+    text = "warmup:5+cosine"
+    result = run(cfg(task="iris", lr=0.2, steps=30, schedule=text, log_every=1))
+    expected = schedule_lrs(text, 0.2, 30, total_steps=30)
+    logged = [r["lr"] for r in result.history[:30]]
+    assert logged == pytest.approx(expected, rel=1e-12)
 
 
-def test_linesearch_runs_in_the_loop_and_decreases_monotonically():
-    """Armijo line search on the full batch: the objective never increases, and the lr column
-    records the accepted step sizes."""
-    result = run(cfg(task="breast_cancer", optimizer="linesearch", lr=1.0, steps=60, l2=1e-3,
-                     dtype="float64", log_every=1))
-    losses = [r["train_loss"] for r in result.history]
-    assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))
-    assert result.final["loss_evaluations"] >= 60
-    assert len({r["lr"] for r in result.history}) > 1
-
-
-def test_run_record_is_json_with_required_keys(tmp_path):
-    """The record has the DESIGN keys; save_run writes run.json and params.pt that reload with
-    weights_only=True into the same parameters."""
-    result = run(cfg(task="iris", steps=5))
-    record = result.to_record()
-    assert set(record) >= {"config", "environment", "final", "history", "events", "diagnostics"}
-    for key in ("step", "epochs", "wall_time_s", "train_loss", "test_loss", "test_accuracy",
-                "grad_norm", "status"):
-        assert key in record["final"]
-    for key in ("gdlab", "torch", "python", "numpy", "device", "threads", "seed", "config_hash"):
-        assert key in record["environment"]
-    json.dumps(record, allow_nan=False)
-    out = save_run(result, tmp_path / "run1")
-    assert json.loads((out / "run.json").read_text())["final"]["step"] == 5
-    state = torch.load(out / "params.pt", weights_only=True)
-    for k, v in result.model.state_dict().items():
-        assert torch.equal(state[k], v)
-
-
-def test_nonfinite_values_become_null_with_an_event():
-    """A diverged run's record holds no NaN: non-finite numbers are null and an event says why."""
-    result = run(cfg(task="linreg", optimizer="gd", lr=50.0, steps=200, divergence_factor=1e300))
-    record = result.to_record()
-    text = json.dumps(record, allow_nan=False)
-    assert "NaN" not in text
-    assert record["final"]["status"] == "diverged"
-
-
-def test_batchnorm_eval_and_train_layer_modes_run():
-    """An MLP with BatchNorm trains in both layer modes; stochastic + BatchNorm in train mode is a
-    user error (one row per chunk has no batch statistics)."""
-    for mode in ("train", "eval"):
-        r = run(cfg(task="iris", model="mlp:4-16-3:relu:bn", layer_mode=mode, steps=5))
-        assert r.final["status"] == "completed"
-    with pytest.raises(GdlabError, match="layer-mode eval"):
-        prepare(cfg(task="iris", model="mlp:4-16-3:relu:bn", regime="stochastic"))
-
-
-@pytest.mark.parametrize(
-    "overrides, needle",
-    [
-        (dict(task="digts"), "did you mean 'digits'"),
-        (dict(model="mlp:10-32-10:relu"), "takes 10 inputs"),
-        (dict(optimizer="adm"), "did you mean 'adam'"),
-        (dict(lr=-0.1), "'lr' must be > 0"),
-        (dict(lr=0.0), "'lr' must be > 0"),
-        (dict(regime="minibatch", batch_size=100000), "larger than the training set"),
-        (dict(loss="mse"), "cross_entropy"),
-        (dict(bogus=1), "unknown config field 'bogus'"),
-        (dict(device="cuda:0"), "no CUDA GPU") if not torch.cuda.is_available() else (dict(device="tpu"), "device"),
-    ],
-)
-def test_bad_configs_fail_before_training(overrides, needle):
-    """Each user mistake raises a one-line GdlabError naming it, before anything runs."""
-    with pytest.raises(GdlabError) as info:
-        prepare(cfg(**{"task": "digits", **overrides}))
-    assert needle in str(info.value) and "\n" not in str(info.value)
+def test_deep_sigmoid_network_is_flagged_vanishing_at_its_first_layers():
+    """Training an 8-layer sigmoid MLP on digits with health tracking flags its first weight
+    matrices as vanishing (relative to the output layer) and not its last one."""
+    result = run(cfg(task="digits", model="mlp:64x8:sigmoid", lr=0.5, steps=5, health_every=1))
+    flagged = {e["layer"] for e in result.events if e["kind"] == "vanishing"}
+    assert "layers.0.weight" in flagged and "layers.16.weight" not in flagged
+    health = result.final["health"]
+    assert health["first_problem_step"] == 0
+    series = result.to_record()["diagnostics"]
+    assert len(series["grad_norm/layers.0.weight"]) == 5
+    assert "update_ratio/layers.0.weight" in series and "param_norm/layers.16.weight" in series

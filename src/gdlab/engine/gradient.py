@@ -230,3 +230,31 @@ def gradient_norm(params: Sequence[torch.Tensor]) -> float:
     if not norms:
         return 0.0
     return float(torch.stack(norms).norm())
+
+
+@dataclass
+class FullBatchObjective:
+    """The full-batch training objective of one run, bundled for diagnostics: the model, the loss,
+    all N training rows ``X`` (N, ...) and ``y``, the chunk size and the regulariser."""
+
+    model: nn.Module
+    loss_fn: LossFn
+    X: torch.Tensor
+    y: torch.Tensor
+    chunk_size: int | None = None
+    regularizer: Callable[[], torch.Tensor] | None = None
+    params: Sequence[torch.Tensor] | None = None
+
+    def loss(self) -> float:
+        """L(theta) at the current parameters, without gradients."""
+        return full_batch_loss(
+            self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
+            regularizer=self.regularizer,
+        )
+
+    def loss_and_grad(self) -> GradientResult:
+        """L(theta) and its gradient (left in ``p.grad``)."""
+        return full_batch_loss_and_grad(
+            self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
+            regularizer=self.regularizer, params=self.params,
+        )

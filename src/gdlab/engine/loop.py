@@ -1,19 +1,31 @@
-"""The training loop: gradient, update, accounting, stopping rules and callbacks.
+"""The training loop: gradient, guard, clipping, update, schedule, accounting, stopping rules.
 
 Accounting conventions (one record per logged step, see DESIGN.md "The run record"):
 
-* ``step`` s is the number of updates applied to reach the parameters theta_s being measured.
-* ``epochs`` = gradient evaluations spent to reach theta_s = rows whose gradient was computed / N.
-* ``wall_time_s`` = training time spent to reach theta_s: gradients and updates only. Evaluation
-  of test metrics and of the full training objective for minibatch regimes is measurement, not
-  training, and is excluded so regimes compare fairly.
+* ``step`` s is the number of updates applied to reach the parameters theta_s being measured
+  (after a rollback the run returns to an earlier s, so a step number may appear twice).
+* ``epochs`` = gradient evaluations spent to reach theta_s = rows whose gradient was computed / N,
+  including gradients wasted on steps that were rolled back.
+* ``wall_time_s`` = training time spent to reach theta_s: gradients, guard, clipping and updates.
+  Test metrics, the full training objective for minibatch regimes and diagnostics callbacks are
+  measurement, not training, and are excluded so regimes compare fairly.
 * ``batch_loss`` is the loss of the rows the step used; ``train_loss`` is the full-batch
   objective, known every step in regime ``full`` and every ``eval_every`` steps otherwise
   (evaluated with ``model.eval()``, like the test metrics).
+
+Non-finite guard (``GuardOptions.policy``): when the loss or the gradient at a step is NaN/Inf, or
+the loss exceeds ``divergence_factor`` times the initial loss,
+
+* ``rollback`` restores the parameters, optimizer and scheduler state saved before the previous
+  update, multiplies the learning rate by ``lr_factor`` and goes on (at most ``max_rollbacks``
+  times, then it stops as ``diverged``);
+* ``stop`` restores the last good parameters and stops with status ``diverged``;
+* ``raise`` raises :class:`NonFiniteError` (parameters are left as they are).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,11 +36,24 @@ import torch
 from torch import nn
 
 from gdlab.data.dataset import Dataset
-from gdlab.engine.gradient import LossFn, evaluate, full_batch_loss, full_batch_loss_and_grad, gradient_norm
+from gdlab.engine.gradient import (
+    FullBatchObjective,
+    LossFn,
+    evaluate,
+    full_batch_loss,
+    full_batch_loss_and_grad,
+    gradient_norm,
+)
 from gdlab.engine.regimes import SampleSchedule
+from gdlab.optim.clipping import clip_gradients
 from gdlab.optim.linesearch import ArmijoLineSearch
 
 STATUSES = ("completed", "diverged", "stopped", "time_budget", "target_reached")
+GUARD_POLICIES = ("rollback", "stop", "raise")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised by guard policy ``raise`` when the loss or gradient stops being finite."""
 
 
 @dataclass
@@ -45,8 +70,19 @@ class StopRules:
 
 
 @dataclass
+class GuardOptions:
+    """Non-finite guard and gradient clipping (see the module docstring)."""
+
+    policy: str = "rollback"
+    lr_factor: float = 0.5
+    max_rollbacks: int = 10
+    clip_norm: float | None = None
+    clip_value: float | None = None
+
+
+@dataclass
 class StepInfo:
-    """What a callback sees after each update."""
+    """What a progress callback sees after each update."""
 
     step: int
     epochs: float
@@ -56,27 +92,103 @@ class StepInfo:
     lr: float
 
 
+@dataclass
+class StepContext:
+    """What a diagnostics callback sees: the model at theta_s with its gradient in ``p.grad``
+    (``on_gradient``) or just after the update (``on_update``), the full-batch training objective,
+    and the run's event list and diagnostics series to write into."""
+
+    step: int
+    model: nn.Module
+    params: list[torch.Tensor]
+    batch_loss: float
+    grad_norm: float
+    lr: float
+    objective: FullBatchObjective
+    events: list[dict[str, Any]]
+    diagnostics: dict[str, list[dict[str, Any]]]
+    train_mode: bool
+
+    def event(self, kind: str, detail: str, **extra: Any) -> None:
+        """Append an event at this step."""
+        self.events.append({"step": self.step, "kind": kind, "detail": detail, **extra})
+
+    def record(self, name: str, value: float | None) -> None:
+        """Append ``{step, value}`` to the diagnostics series ``name``."""
+        self.diagnostics.setdefault(name, []).append({"step": self.step, "value": value})
+
+
 class Callback:
-    """Hooks called by the loop; override what you need."""
+    """Hooks called by the loop; override what you need. Time spent in ``on_gradient`` and
+    ``on_update`` is not counted as training time."""
+
+    def on_gradient(self, ctx: StepContext) -> None:
+        """After the gradient at theta_s is computed and found finite, before clipping and update."""
+
+    def on_update(self, ctx: StepContext) -> None:
+        """Right after the update theta_s -> theta_{s+1} (``ctx.step`` is still s)."""
 
     def on_step(self, info: StepInfo) -> None:
-        """After every update."""
+        """After every update (for progress display)."""
 
     def on_log(self, record: dict[str, Any]) -> None:
         """After each history record is written."""
 
+    def on_end(self, final: dict[str, Any], diagnostics: dict[str, list[dict[str, Any]]]) -> None:
+        """Once, after the final record is computed."""
+
 
 @dataclass
 class LoopOutcome:
-    """What the loop returns: the final record, the history and the events."""
+    """What the loop returns: the final record, the history, the events and diagnostics series."""
 
     final: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def _set_mode(model: nn.Module, train: bool) -> None:
-    model.train(train)
+class _Snapshot:
+    """Parameters, buffers, optimizer and scheduler state at one step, for rollback."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.model_state: dict[str, torch.Tensor] | None = None
+        self.optimizer_state: dict[str, Any] | None = None
+        self.scheduler_state: dict[str, Any] | None = None
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        state = model.state_dict()
+        if self.model_state is None or self.model_state.keys() != state.keys():
+            self.model_state = {k: v.detach().clone() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                self.model_state[k].copy_(v)
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        self.scheduler_state = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
+        self.step = step
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        model.load_state_dict(self.model_state)
+        optimizer.load_state_dict(self.optimizer_state)
+        if scheduler is not None and self.scheduler_state is not None:
+            scheduler.load_state_dict(self.scheduler_state)
+
+
+def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> None:
+    """Multiply the learning rate by ``factor`` now and for the rest of the schedule."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "t_prev" in group:
+            group["t_prev"] *= factor
+    pending = [scheduler] if scheduler is not None else []
+    while pending:
+        sched = pending.pop()
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+        if hasattr(sched, "_last_lr"):
+            sched._last_lr = [g["lr"] for g in optimizer.param_groups]
+        pending.extend(getattr(sched, "_schedulers", []))
 
 
 def train_loop(
@@ -93,48 +205,55 @@ def train_loop(
     log_every: int = 1,
     layer_mode: str = "train",
     callbacks: Sequence[Callback] = (),
+    scheduler: Any = None,
+    guard: GuardOptions | None = None,
 ) -> LoopOutcome:
     """Train ``model`` on ``data`` (tensors already on the model's device) until a stop rule fires.
 
-    Each step: indices from ``schedule``, exact loss and gradient of those rows by
-    :func:`full_batch_loss_and_grad` (chunked), then ``optimizer.step()`` (or the line search's
-    ``step(closure)``). Returns the final record, the history and the events.
+    Each step: indices from ``schedule``; exact loss and gradient of those rows by
+    :func:`full_batch_loss_and_grad` (chunked); the non-finite guard; diagnostics callbacks;
+    clipping; ``optimizer.step()`` (or the line search's ``step(closure)``); ``scheduler.step()``.
+    Returns the final record, the history, the events and the diagnostics series.
     """
+    guard = guard or GuardOptions()
     params = [p for p in model.parameters() if p.requires_grad]
     X, y = data.X_train, data.y_train
     n = data.n_train
     classification = data.task_type == "classification"
     line_search = isinstance(optimizer, ArmijoLineSearch)
     train_mode = layer_mode == "train"
+    full_objective = FullBatchObjective(model, loss_fn, X, y, chunk_size=chunk_size,
+                                        regularizer=regularizer, params=params)
 
     history: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    diagnostics: dict[str, list[dict[str, Any]]] = {}
     samples = 0
     train_time = 0.0
     step = 0
     first_loss: float | None = None
     status, reason = "completed", "max_steps"
+    snapshot = _Snapshot() if guard.policy in ("rollback", "stop") else None
+    rollbacks = 0
+    clip_factors: list[float] = []
 
-    def objective() -> float:
-        _set_mode(model, False)
-        value = full_batch_loss(model, loss_fn, X, y, chunk_size=chunk_size, regularizer=regularizer)
-        _set_mode(model, train_mode)
-        return value
-
-    def test_metrics() -> tuple[float | None, float | None]:
-        _set_mode(model, False)
-        out = evaluate(
-            model, loss_fn, data.X_test, data.y_test, classification=classification, chunk_size=chunk_size
-        )
-        _set_mode(model, train_mode)
-        return out
+    def measured(fn: Callable[[], Any]) -> Any:
+        model.train(False)
+        try:
+            return fn()
+        finally:
+            model.train(train_mode)
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)
         for cb in callbacks:
             cb.on_log(record)
 
-    _set_mode(model, train_mode)
+    def context(batch_loss: float, gnorm: float, lr: float) -> StepContext:
+        return StepContext(step, model, params, batch_loss, gnorm, lr, full_objective, events,
+                           diagnostics, train_mode)
+
+    model.train(train_mode)
     try:
         while True:
             if stop.max_steps is not None and step >= stop.max_steps:
@@ -150,8 +269,12 @@ def train_loop(
             epochs_before, time_before = samples / n, train_time
             evaluating = step % eval_every == 0
             if evaluating:
-                eval_train = None if schedule.is_full else objective()
-                test_loss, test_acc = test_metrics()
+                eval_train = None if schedule.is_full else measured(
+                    lambda: full_batch_loss(model, loss_fn, X, y, chunk_size=chunk_size,
+                                            regularizer=regularizer))
+                test_loss, test_acc = measured(lambda: evaluate(
+                    model, loss_fn, data.X_test, data.y_test, classification=classification,
+                    chunk_size=chunk_size))
                 if eval_train is not None and stop.loss_tol is not None and eval_train <= stop.loss_tol:
                     log({"step": step, "epochs": epochs_before, "wall_time_s": time_before,
                          "batch_loss": None, "train_loss": eval_train, "grad_norm": None,
@@ -170,27 +293,44 @@ def train_loop(
             res = full_batch_loss_and_grad(
                 model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer, params=params
             )
+            samples += res.num_samples
             gnorm = gradient_norm(params)
             lr = float(optimizer.param_groups[0]["lr"])
+
+            problem = None
             if not (math.isfinite(res.loss) and math.isfinite(gnorm)):
+                problem = ("nonfinite", f"loss={res.loss:.4g}, gradient norm={gnorm:.4g} at lr={lr:g}")
+            elif first_loss is not None and res.loss > stop.divergence_factor * max(abs(first_loss), 1e-12):
+                problem = ("loss_exploding", f"loss {res.loss:.4g} exceeds {stop.divergence_factor:g} x "
+                                        f"the initial loss {first_loss:.4g} at lr={lr:g}")
+            if problem is not None:
+                kind, detail = problem
+                if guard.policy == "raise":
+                    raise NonFiniteError(f"step {step}: {detail}")
+                can_roll_back = snapshot is not None and snapshot.step >= 0
+                if guard.policy == "rollback" and can_roll_back and rollbacks < guard.max_rollbacks:
+                    snapshot.restore(model, optimizer, scheduler)
+                    _scale_lr(optimizer, scheduler, guard.lr_factor)
+                    rollbacks += 1
+                    new_lr = float(optimizer.param_groups[0]["lr"])
+                    events.append({"step": step, "kind": kind, "detail": detail})
+                    events.append({"step": snapshot.step, "kind": "rollback",
+                                   "detail": f"restored step {snapshot.step} and cut lr to {new_lr:g} "
+                                             f"(rollback {rollbacks} of at most {guard.max_rollbacks})"})
+                    step = snapshot.step
+                    train_time += time.perf_counter() - t0
+                    continue
+                bad_step = step
+                if can_roll_back:
+                    snapshot.restore(model, optimizer, scheduler)
+                    step = snapshot.step
+                    detail += f"; restored the last good parameters (step {step})"
                 train_time += time.perf_counter() - t0
-                events.append(
-                    {"step": step, "kind": "nonfinite",
-                     "detail": f"loss={res.loss}, grad_norm={gnorm} at lr={lr:g}; run stopped as diverged"}
-                )
-                status, reason = "diverged", "nonfinite"
+                events.append({"step": bad_step, "kind": kind, "detail": detail + "; run stopped as diverged"})
+                status, reason = "diverged", kind
                 break
             if first_loss is None:
                 first_loss = res.loss
-            elif res.loss > stop.divergence_factor * max(abs(first_loss), 1e-12):
-                train_time += time.perf_counter() - t0
-                events.append(
-                    {"step": step, "kind": "exploding",
-                     "detail": f"loss {res.loss:.4g} exceeds {stop.divergence_factor:g} x the "
-                               f"initial loss {first_loss:.4g}; run stopped as diverged"}
-                )
-                status, reason = "diverged", "loss_exploded"
-                break
 
             record: dict[str, Any] = {
                 "step": step, "epochs": epochs_before, "wall_time_s": time_before,
@@ -211,19 +351,43 @@ def train_loop(
                 log(record)
                 break
 
+            if callbacks:
+                t_cb = time.perf_counter()
+                ctx = context(res.loss, gnorm, lr)
+                for cb in callbacks:
+                    cb.on_gradient(ctx)
+                model.train(train_mode)
+                t0 += time.perf_counter() - t_cb
+            if snapshot is not None:
+                snapshot.save(step, model, optimizer, scheduler)
+            if guard.clip_norm is not None or guard.clip_value is not None:
+                clip = clip_gradients(params, max_norm=guard.clip_norm, max_value=guard.clip_value)
+                if clip.clipped:
+                    if not clip_factors:
+                        events.append({"step": step, "kind": "clip",
+                                       "detail": f"first clipped step: gradient norm "
+                                                 f"{clip.norm_before:.4g} -> {clip.norm_after:.4g}"})
+                    clip_factors.append(clip.factor)
+                record["clip_factor"] = clip.factor
+
             if line_search:
                 def closure() -> float:
-                    return full_batch_loss(
-                        model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer
-                    )
+                    return full_batch_loss(model, loss_fn, Xb, yb, chunk_size=chunk_size,
+                                           regularizer=regularizer)
 
                 optimizer.step(closure, loss=res.loss)
             else:
                 optimizer.step()
-            samples += res.num_samples
-            step += 1
+            if scheduler is not None:
+                scheduler.step()
             train_time += time.perf_counter() - t0
 
+            if callbacks:
+                ctx = context(res.loss, gnorm, lr)
+                for cb in callbacks:
+                    cb.on_update(ctx)
+                model.train(train_mode)
+            step += 1
             if evaluating or (step - 1) % log_every == 0:
                 log(record)
             info = StepInfo(step, samples / n, train_time, res.loss, gnorm, lr)
@@ -241,7 +405,15 @@ def train_loop(
         step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
         gradient_evaluations=samples,
         loss_evaluations=optimizer.state_info["total_evaluations"] if line_search else None,
+        rollbacks=rollbacks, final_lr=float(optimizer.param_groups[0]["lr"]),
     )
+    if guard.clip_norm is not None or guard.clip_value is not None:
+        final["clipping"] = {
+            "clipped_steps": len(clip_factors),
+            "fraction": len(clip_factors) / max(1, step),
+            "min_factor": min(clip_factors) if clip_factors else None,
+            "median_factor": sorted(clip_factors)[len(clip_factors) // 2] if clip_factors else None,
+        }
     if not history or history[-1]["step"] != step:
         history.append(
             {"step": step, "epochs": samples / n, "wall_time_s": train_time,
@@ -249,8 +421,10 @@ def train_loop(
              "lr": float(optimizer.param_groups[0]["lr"]),
              "test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"]}
         )
-    _set_mode(model, train_mode)
-    return LoopOutcome(final=final, history=history, events=events)
+    for cb in callbacks:
+        cb.on_end(final, diagnostics)
+    model.train(train_mode)
+    return LoopOutcome(final=final, history=history, events=events, diagnostics=diagnostics)
 
 
 def final_record(
@@ -266,7 +440,7 @@ def final_record(
 ) -> dict[str, Any]:
     """Train objective, full-batch gradient norm and test metrics at the current parameters
     (evaluated with ``model.eval()``)."""
-    _set_mode(model, False)
+    model.train(False)
     res = full_batch_loss_and_grad(
         model, loss_fn, data.X_train, data.y_train, chunk_size=chunk_size, regularizer=regularizer,
         params=params,
@@ -282,7 +456,7 @@ def final_record(
         _, train_acc = evaluate(
             model, loss_fn, data.X_train, data.y_train, classification=True, chunk_size=chunk_size
         )
-    _set_mode(model, train_mode)
+    model.train(train_mode)
     return {
         "train_loss": res.loss, "train_accuracy": train_acc, "grad_norm": gnorm,
         "test_loss": test_loss, "test_accuracy": test_acc,

@@ -1,7 +1,8 @@
 """Assemble a run from a validated RunConfig, run it, and produce the run record.
 
-This is the one place where task, model, loss, regulariser, update rule and sample schedule meet;
-the CLI, the demo and (later) studies all go through :func:`run`.
+This is the one place where task, model, loss, regulariser, update rule, sample schedule,
+step-size policy and diagnostics meet; the CLI, the demo and studies all go through :func:`run`.
+It sits above both ``engine`` and ``diagnostics`` in the dependency order.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from gdlab.config import RunConfig
 from gdlab.data import Dataset, load_npz, load_task, validate_dataset
 from gdlab.data.tasks import TASKS
 from gdlab.engine.gradient import LossFn, auto_chunk_size
-from gdlab.engine.loop import Callback, StopRules, train_loop
+from gdlab.diagnostics.health import HealthThresholds
+from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
+from gdlab.engine.loop import Callback, GuardOptions, StopRules, train_loop
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
 from gdlab.optim import build_optimizer, get_loss, loss_output_dim, regularization_term
+from gdlab.optim.schedules import build_scheduler
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 AUTO_HISTORY_RECORDS = 1000
@@ -49,6 +53,7 @@ class PreparedRun:
     loss_fn: LossFn
     loss_name: str
     optimizer: torch.optim.Optimizer
+    scheduler: Any
     schedule: SampleSchedule
     chunk_size: int
     eval_every: int
@@ -214,11 +219,12 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
                 "larger --batch-size/--chunk-size"
             )
     expected = _expected_steps(config, schedule)
+    scheduler = build_scheduler(config.schedule, optimizer, expected)
     eval_every = config.eval_every or max(1, (expected or schedule.steps_per_epoch * AUTO_EVALUATIONS) // AUTO_EVALUATIONS)
     log_every = config.log_every or max(1, (expected or schedule.steps_per_epoch * 10) // AUTO_HISTORY_RECORDS)
     return PreparedRun(
         config=config, device=device, data=data, model=built, loss_fn=loss_fn, loss_name=loss_name,
-        optimizer=optimizer, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
+        optimizer=optimizer, scheduler=scheduler, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
         log_every=log_every, expected_steps=expected,
     )
 
@@ -246,10 +252,16 @@ def run(
         grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
         divergence_factor=config.divergence_factor,
     )
+    guard = GuardOptions(
+        policy=config.nonfinite_policy, lr_factor=config.rollback_lr_factor,
+        max_rollbacks=config.max_rollbacks, clip_norm=config.clip_norm, clip_value=config.clip_value,
+    )
     outcome = train_loop(
         net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
         regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
-        log_every=prepared.log_every, layer_mode=config.layer_mode, callbacks=callbacks,
+        log_every=prepared.log_every, layer_mode=config.layer_mode,
+        callbacks=[*diagnostic_callbacks(config), *callbacks], scheduler=prepared.scheduler,
+        guard=guard,
     )
     resolved = config.to_dict()
     resolved.update(
@@ -264,8 +276,21 @@ def run(
     )
     return RunResult(
         config=resolved, environment=environment_info(config, prepared.device), final=final,
-        history=outcome.history, events=outcome.events, model=net,
+        history=outcome.history, events=outcome.events, diagnostics=outcome.diagnostics, model=net,
     )
+
+
+def diagnostic_callbacks(config: RunConfig) -> list[Callback]:
+    """The gradient-health and sharpness trackers the config asks for (none by default)."""
+    callbacks: list[Callback] = []
+    if config.health_every:
+        thresholds = HealthThresholds(
+            vanishing_ratio=config.vanishing_ratio, exploding_factor=config.exploding_factor
+        )
+        callbacks.append(HealthCallback(config.health_every, thresholds))
+    if config.sharpness_every:
+        callbacks.append(SharpnessCallback(config.sharpness_every, config.sharpness_iters, seed=config.seed))
+    return callbacks
 
 
 def _default_model(config: RunConfig) -> str:
@@ -303,3 +328,36 @@ def save_run(result: RunResult, out_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def load_run(run_dir: str | Path) -> PreparedRun:
+    """Rebuild a saved run (``run.json`` + ``params.pt`` from :func:`save_run`) with its trained
+    parameters loaded (``torch.load(weights_only=True)``: no pickled code is executed)."""
+    run_dir = Path(run_dir)
+    record_path, params_path = run_dir / "run.json", run_dir / "params.pt"
+    for path in (record_path, params_path):
+        if not path.is_file():
+            raise GdlabError(
+                f"'{path}' is missing; give a directory written by 'gdlab train --out DIR'"
+            )
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        config_data = record["config"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise GdlabError(f"'{record_path}' is not a gdlab run record; re-save the run with --out") from None
+    config = RunConfig.from_dict(config_data)
+    prepared = prepare(config)
+    try:
+        state = torch.load(params_path, map_location=prepared.device, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or non-weights files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GdlabError(f"cannot load '{params_path}' ({first[:200]}); re-save the run with --out") from None
+    try:
+        prepared.model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise GdlabError(
+            f"'{params_path}' does not match model '{config.model}' ({first}); use the params.pt "
+            "saved with this run.json"
+        ) from None
+    return prepared
