@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gdlab-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 # torch==2.13.0 (CPU) is installed first, and only when the venv has no torch, so that the
 # package's loose torch requirement is already met and pip never pulls a multi-GB CUDA build.
@@ -22,6 +22,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests
+
+bench: setup
+	$(BIN)/python benchmarks/sharpness.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -84,6 +84,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exploding-factor", type=float, help="exploding: grad norm > this x its first value, default 1e3")
     g.add_argument("--sharpness-every", type=int, help="top Hessian eigenvalue every K steps")
     g.add_argument("--sharpness-iters", type=int, help="Lanczos iterations (HVPs) per sharpness estimate, default 20")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
+    g.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
 
 
 _CONFIG_FLAGS = (
@@ -384,6 +388,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from gdlab.models import MODEL_FAMILIES
     from gdlab.optim import LOSSES, OPTIMIZERS
     from gdlab.optim.registry import WEIGHT_DECAY_NOTE
+    from gdlab.optim.schedules import SCHEDULES
 
     out = Console(highlight=False)
     t = Table(title="tasks (--task)", title_justify="left", box=box.SIMPLE_HEAD)
@@ -398,6 +403,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("optimizers (--optimizer)", {k: v.description for k, v in OPTIMIZERS.items()}),
         ("regimes (--regime)", REGIMES),
         ("losses (--loss)", LOSSES),
+        ("lr schedules (--schedule)", SCHEDULES),
     ):
         t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
         t.add_column("name", no_wrap=True)
@@ -417,16 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model and print a summary (or --json)")
     _add_train_arguments(p)
-    p.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
-    p.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("stability", help="train with gradient health and sharpness tracking, print a health summary")
     _add_train_arguments(p)
-    p.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
-    p.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=cmd_stability)
 
     p = sub.add_parser("sharpness", help="top Hessian eigenvalues of the training loss at a saved run's parameters")

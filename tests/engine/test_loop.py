@@ -165,3 +165,26 @@ def test_deep_sigmoid_network_is_flagged_vanishing_at_its_first_layers():
     series = result.to_record()["diagnostics"]
     assert len(series["grad_norm/layers.0.weight"]) == 5
     assert "update_ratio/layers.0.weight" in series and "param_norm/layers.16.weight" in series
+
+
+@pytest.mark.parametrize("task, model", [("digits", "cnn:lenet"), ("adding", "lstm:8x1")])
+def test_health_and_sharpness_tracking_work_for_cnn_and_lstm(task, model):
+    """Gradient health and sharpness tracking run on convolutional and recurrent models: every
+    parameter tensor gets a gradient-norm series, and the tracked sharpness equals an independent
+    Lanczos run with more iterations at the initial parameters (same full-batch objective)."""
+    from gdlab.diagnostics.hessian import sharpness
+    from gdlab.optim import get_loss
+    from gdlab.runner import prepare
+
+    config = cfg(task=task, model=model, n_samples=120, steps=2, lr=0.01, health_every=1,
+                 sharpness_every=5, sharpness_iters=20, dtype="float64")
+    prepared = prepare(config)
+    prepared.model.eval()
+    loss = "cross_entropy" if task == "digits" else "mse"
+    ref = sharpness(prepared.model, get_loss(loss), prepared.data.X_train, prepared.data.y_train,
+                    iters=40).values[0]
+    result = run(config)
+    series = result.to_record()["diagnostics"]
+    names = [n for n, p in result.model.named_parameters()]
+    assert all(len(series[f"grad_norm/{n}"]) == 2 for n in names)
+    assert series["sharpness"][0]["value"] == pytest.approx(ref, rel=1e-6)

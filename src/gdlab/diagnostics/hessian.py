@@ -88,17 +88,20 @@ def _accumulate_dtype(p: torch.Tensor) -> torch.dtype:
     return p.dtype if p.dtype in _ACCUMULATE_DTYPES else torch.float32
 
 
-def _check_vec(vec: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> None:
-    if len(vec) != len(params):
+def check_like_params(
+    name: str, tensors: Sequence[torch.Tensor], params: Sequence[torch.Tensor], hint: str = ""
+) -> None:
+    """GdlabError unless ``tensors`` holds one tensor shaped like each parameter."""
+    fix = f"pass one tensor shaped like each parameter{hint}"
+    if len(tensors) != len(params):
         raise GdlabError(
-            f"hvp: vec has {len(vec)} tensors but there are {len(params)} parameters; "
-            "pass one tensor shaped like each parameter"
+            f"{name} has {len(tensors)} tensors but there are {len(params)} parameters; {fix}"
         )
-    for i, (v, p) in enumerate(zip(vec, params)):
-        if tuple(v.shape) != tuple(p.shape):
+    for i, (t, p) in enumerate(zip(tensors, params)):
+        if tuple(t.shape) != tuple(p.shape):
             raise GdlabError(
-                f"hvp: vec[{i}] has shape {tuple(v.shape)} but parameter {i} has shape "
-                f"{tuple(p.shape)}; pass one tensor shaped like each parameter"
+                f"{name}[{i}] has shape {tuple(t.shape)} but parameter {i} has shape "
+                f"{tuple(p.shape)}; {fix}"
             )
 
 
@@ -140,7 +143,7 @@ def hvp(
     does not match ``params``.
     """
     params = trainable_parameters(model) if params is None else list(params)
-    _check_vec(vec, params)
+    check_like_params("hvp: vec", vec, params)
     if chunk_size is None:
         chunk_size = default_hvp_chunk_size(model, X)
     spans = _chunks(int(X.shape[0]), chunk_size)

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from gdlab.diagnostics.hessian import LossFn, Regularizer, preserved_buffers, trainable_parameters
+from gdlab.diagnostics.hessian import (
+    LossFn,
+    Regularizer,
+    check_like_params,
+    preserved_buffers,
+    trainable_parameters,
+)
 from gdlab.engine.gradient import auto_chunk_size, full_batch_loss, full_batch_loss_and_grad
 from gdlab.errors import GdlabError
 
@@ -32,17 +38,7 @@ def _params(model: nn.Module, params: Sequence[torch.Tensor] | None) -> list[tor
 
 
 def _check_direction(name: str, direction: Direction, params: Sequence[torch.Tensor]) -> None:
-    if len(direction) != len(params):
-        raise GdlabError(
-            f"{name} has {len(direction)} tensors but there are {len(params)} parameters; "
-            "pass one tensor shaped like each parameter (see direction_from_flat)"
-        )
-    for i, (d, p) in enumerate(zip(direction, params)):
-        if tuple(d.shape) != tuple(p.shape):
-            raise GdlabError(
-                f"{name}[{i}] has shape {tuple(d.shape)} but parameter {i} has shape "
-                f"{tuple(p.shape)}; pass one tensor shaped like each parameter"
-            )
+    check_like_params(name, direction, params, " (see direction_from_flat)")
 
 
 @contextlib.contextmanager
