@@ -22,7 +22,7 @@ from gdlab import __version__
 from gdlab.config import RunConfig, load_config_file
 from gdlab.engine.loop import Callback, NonFiniteError, StepInfo
 from gdlab.engine.regimes import REGIMES
-from gdlab.errors import GdlabError
+from gdlab.errors import GdlabError, WorkerDiedError
 
 EXIT_USER_ERROR = 2
 
@@ -346,6 +346,119 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
+    """One table per task: the optimizers ranked by mean final training loss over seeds."""
+    for task in summary["tasks"]:
+        target = summary["targets"].get(task, {})
+        console.print(f"\ntask {task}: target {target.get('metric')} {'>=' if target.get('metric') == 'test_accuracy' else '<='} "
+                      f"{_fmt(target.get('value'))}")
+        t = Table(box=box.SIMPLE_HEAD)
+        for col, justify in (("#", "right"), ("optimizer", "left"), ("best lr", "right"),
+                             ("train loss (95% CI)", "right"), ("test acc", "right"),
+                             ("time to target", "right"), ("epochs to target", "right"),
+                             ("diverged", "right")):
+            t.add_column(col, justify=justify, no_wrap=True)
+        for row in summary["ranking"].get(task, []):
+            loss = row["final_train_loss"]
+            acc = row["final_test_accuracy"]
+            ci = "-" if loss["mean"] is None else (
+                f"{loss['mean']:.4g} ({loss['ci_low']:.3g}-{loss['ci_high']:.3g})" if loss["ci_low"] is not None
+                else f"{loss['mean']:.4g}")
+            ttt, ett = row["time_to_target"], row["evals_to_target"]
+            t.add_row(
+                str(row["rank"]), row["optimizer"], _fmt(row["best_lr"], ".3g"), ci,
+                "-" if acc["mean"] is None else f"{100 * acc['mean']:.1f}%",
+                "not reached" if ttt["median"] is None else f"{ttt['median']:.3g} s ({ttt['reached']}/{ttt['runs']})",
+                "not reached" if ett["median"] is None else f"{ett['median']:.3g} ({ett['reached']}/{ett['runs']})",
+                f"{100 * row['diverged_fraction']:.0f}%",
+            )
+        console.print(t)
+
+
+def _write_report(store_path: str, study: str, out_dir: str, console: Console) -> dict[str, Any]:
+    from gdlab.report import build_report
+    from gdlab.store import RunStore
+    from gdlab.study.metrics import Target
+    from gdlab.study.summary import summarize_study
+
+    with RunStore(store_path, create=False) as store:
+        spec = store.study_spec(study)
+        if spec is None:
+            names = ", ".join(store.studies()) or "none"
+            raise GdlabError(f"store '{store_path}' holds no study '{study}' (it has: {names}); give --study NAME")
+        runs = store.runs(study=study)
+    if not runs:
+        raise GdlabError(f"study '{study}' has no finished runs in '{store_path}'; run gdlab compare first")
+    targets = {t["name"]: Target(t["target_metric"], t["target_value"]) for t in spec["tasks"]}
+    summary = summarize_study(runs, targets)
+    paths = build_report(runs, summary, out_dir)
+    _ranking_tables(console, summary)
+    console.print(f"\nreport: {paths['html']}  (Markdown summary: {paths['markdown']}, figures in {paths['figures']})")
+    return summary
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gdlab.store import DEFAULT_STORE_PATH
+    from gdlab.study.runner import expected_runs, run_study
+    from gdlab.study.spec import check_study_runs, load_study
+
+    spec = load_study(args.study)
+    check_study_runs(spec)
+    if args.workers is not None and args.workers < 1:
+        raise GdlabError(f"--workers must be >= 1, got {args.workers}")
+    store_path = args.store or spec.store or DEFAULT_STORE_PATH
+    out_dir = args.out or spec.report or "report"
+    err = Console(stderr=True, highlight=False)
+    con = Console(highlight=False)
+    workers = args.workers or spec.workers
+    err.print(
+        f"study '{spec.name}': {len(spec.tasks)} tasks x {len(spec.optimizers)} optimizers, "
+        f"{spec.sampler} search of {spec.trials} trials each, best lr re-run over seeds "
+        f"{list(spec.seeds)}: {expected_runs(spec)} runs, {workers} worker(s), store {store_path}"
+    )
+    with _make_study_progress(err, args.quiet) as progress:
+        task_id = progress.add_task("runs", total=expected_runs(spec))
+        run_study(spec, store_path, workers=workers,
+                  on_progress=lambda done, total: progress.update(task_id, completed=done))
+    if not args.no_report:
+        _write_report(store_path, spec.name, out_dir, con)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gdlab.store import RunStore
+
+    con = Console(highlight=False)
+    study = args.study
+    if study is None:
+        with RunStore(args.store, create=False) as store:
+            names = store.studies()
+        if len(names) != 1:
+            raise GdlabError(
+                f"store '{args.store}' holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                "choose one with --study NAME"
+            )
+        study = names[0]
+    _write_report(args.store, study, args.out, con)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gdlab.store import RunStore, export_query
+
+    with RunStore(args.store, create=False) as store:
+        rows = export_query(store, args.query, args.output)
+    Console(highlight=False).print(f"wrote {rows} rows to {args.output}")
+    return 0
+
+
+def _make_study_progress(console: Console, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=quiet,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gdlab.runner import check_output_dir, save_run
     from gdlab.study.demo import plan_demo, run_demo
@@ -448,6 +561,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("compare", help="run a study (tasks x optimizers, tuned lr, seeds) and write its report")
+    p.add_argument("study", metavar="STUDY.yaml", help="study file, e.g. studies/default.yaml")
+    p.add_argument("--workers", type=int, help="parallel worker processes (default: the study's)")
+    p.add_argument("--store", metavar="DB", help="SQLite run store (default: the study's, else runs/gdlab.db)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: the study's, else report/)")
+    p.add_argument("--no-report", action="store_true", help="run the study, write no report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="write the HTML/Markdown report of a study from the run store")
+    p.add_argument("store", metavar="DB", help="SQLite run store, e.g. runs/gdlab.db")
+    p.add_argument("--study", help="study name (needed when the store holds several)")
+    p.add_argument("--out", metavar="DIR", default="report", help="report directory, default report/")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a table or a SELECT query of the run store to CSV or Parquet")
+    p.add_argument("store", metavar="DB", help="SQLite run store")
+    p.add_argument("query", help="a table (runs, metrics, events, diagnostics, studies) or a SELECT statement")
+    p.add_argument("output", metavar="FILE", help="output file, .csv or .parquet")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("list", help="show tasks, models, optimizers, regimes and losses")
     p.set_defaults(func=cmd_list)
     return parser
@@ -461,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GdlabError as exc:
         print(f"gdlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except WorkerDiedError as exc:
+        print(f"gdlab: study interrupted: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
     except NonFiniteError as exc:
         print(f"gdlab: training stopped (nonfinite_policy raise): {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED

@@ -25,3 +25,8 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> GdlabError:
     return GdlabError(
         f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose one of: {', '.join(choices)}"
     )
+
+
+class WorkerDiedError(RuntimeError):
+    """A study worker process died (killed, out of memory); the stored runs are intact and the
+    same study can be run again to resume. Not a user mistake: the CLI exits with status 1."""

@@ -149,9 +149,13 @@ class LoopOutcome:
 
 
 class _Snapshot:
-    """Parameters, buffers, optimizer and scheduler state at one step, for rollback."""
+    """Parameters and buffers (and, for rollback, optimizer and scheduler state) at one step.
 
-    def __init__(self) -> None:
+    Policy ``stop`` only needs the parameters back, so it skips the optimizer and scheduler state,
+    whose deep copy dominates the cost of a snapshot on small stochastic steps."""
+
+    def __init__(self, with_optimizer: bool) -> None:
+        self.with_optimizer = with_optimizer
         self.step = -1
         self.model_state: dict[str, torch.Tensor] | None = None
         self.optimizer_state: dict[str, Any] | None = None
@@ -162,17 +166,18 @@ class _Snapshot:
         if self.model_state is None or self.model_state.keys() != state.keys():
             self.model_state = {k: v.detach().clone() for k, v in state.items()}
         else:
-            for k, v in state.items():
-                self.model_state[k].copy_(v)
-        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
-        self.scheduler_state = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
+            torch._foreach_copy_(list(self.model_state.values()), list(state.values()))
+        if self.with_optimizer:
+            self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+            self.scheduler_state = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
         self.step = step
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         model.load_state_dict(self.model_state)
-        optimizer.load_state_dict(self.optimizer_state)
-        if scheduler is not None and self.scheduler_state is not None:
-            scheduler.load_state_dict(self.scheduler_state)
+        if self.with_optimizer:
+            optimizer.load_state_dict(self.optimizer_state)
+            if scheduler is not None and self.scheduler_state is not None:
+                scheduler.load_state_dict(self.scheduler_state)
 
 
 def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> None:
@@ -233,7 +238,7 @@ def train_loop(
     step = 0
     first_loss: float | None = None
     status, reason = "completed", "max_steps"
-    snapshot = _Snapshot() if guard.policy in ("rollback", "stop") else None
+    snapshot = _Snapshot(with_optimizer=guard.policy == "rollback") if guard.policy in ("rollback", "stop") else None
     rollbacks = 0
     clip_factors: list[float] = []
 

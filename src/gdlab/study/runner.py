@@ -1,0 +1,156 @@
+"""Run a study: every (task, optimizer) pair tuned with the same budget, then re-run over seeds.
+
+Each pair is one job: a learning-rate search (phase ``tune``, ``trials`` runs at the tuning seed),
+then the best learning rate re-run once per study seed (phase ``final``). Jobs run in parallel
+worker processes; every finished run is committed to the SQLite store at once under a
+deterministic key, so a study that is stopped or killed and started again skips what is stored
+and finishes the rest, each run stored exactly once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gdlab.errors import WorkerDiedError
+from gdlab.store import RunStore, StoredRun
+from gdlab.study.spec import OptimizerEntry, StudySpec, TaskEntry
+from gdlab.tune import search_learning_rate
+
+_COST_ORDER = {"stochastic": 0, "minibatch": 1, "full": 2}
+
+
+@dataclass
+class PairOutcome:
+    """What one (task, optimizer) job did."""
+
+    task: str
+    optimizer: str
+    best_lr: float | None
+    ran: int = 0
+    skipped: int = 0
+    trials: list[tuple[int, float, float | None]] = field(default_factory=list)
+
+
+def expected_runs(spec: StudySpec) -> int:
+    """How many runs a complete study stores (tuning trials plus final seeds per pair)."""
+    per_pair = [(spec.trials if opt.searched else 0) + len(spec.seeds) for opt in spec.optimizers]
+    return len(spec.tasks) * sum(per_pair)
+
+
+def _objective(status: str | None, train_loss: float | None) -> float | None:
+    if status == "diverged" or train_loss is None or not math.isfinite(train_loss):
+        return None
+    return float(train_loss)
+
+
+def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
+             threads: int | None = None) -> PairOutcome:
+    """Tune and re-run one (task, optimizer) pair, storing each run as it finishes (skipping
+    runs already stored). Runs in a worker process or in the caller's."""
+    import torch
+
+    from gdlab.runner import run
+
+    if threads:
+        torch.set_num_threads(threads)
+    task: TaskEntry = spec.tasks[task_index]
+    opt: OptimizerEntry = spec.optimizers[opt_index]
+    outcome = PairOutcome(task.name, opt.name, None)
+    with RunStore(store_path) as store:
+
+        def execute(phase: str, trial: int | None, lr: float, seed: int) -> float | None:
+            key = spec.run_key(task, opt, phase, trial, lr, seed)
+            _, rows = store.query("SELECT status, train_loss FROM runs WHERE run_key = ?", (key,))
+            if rows:
+                outcome.skipped += 1
+                return _objective(*rows[0])
+            result = run(spec.run_config(task, opt, lr, seed))
+            record = result.to_record()
+            stored = StoredRun(key, spec.name, task.name, opt.name, phase, trial, seed, float(lr),
+                               dict(opt.params), record)
+            if store.add_run(stored):
+                outcome.ran += 1
+            return _objective(record["final"]["status"], record["final"]["train_loss"])
+
+        if opt.searched:
+            search = search_learning_rate(
+                spec.sampler, spec.trials, opt.lr_low, opt.lr_high,
+                lambda number, lr: execute("tune", number, lr, spec.tuning_seed),
+                seed=spec.tuning_seed,
+            )
+            outcome.trials = search.trials
+            outcome.best_lr = search.best_lr
+        else:
+            outcome.best_lr = opt.lr_low
+        if outcome.best_lr is not None:
+            for seed in spec.seeds:
+                execute("final", None, outcome.best_lr, seed)
+    return outcome
+
+
+def run_study(
+    spec: StudySpec,
+    store_path: str | Path,
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[PairOutcome]:
+    """Run every pair of ``spec`` (``workers`` processes, default the study's) into the store.
+
+    ``on_progress(stored, total)`` is called about twice a second with the number of this study's
+    runs in the store. A worker that dies (e.g. killed) ends the study with WorkerDiedError;
+    finished runs stay stored, and running the same study again resumes it.
+    """
+    store_path = str(store_path)
+    workers = workers or spec.workers
+    with RunStore(store_path) as store:
+        store.save_study(spec.name, spec.to_dict())
+    total = expected_runs(spec)
+    pairs = sorted(
+        ((t, o) for t in range(len(spec.tasks)) for o in range(len(spec.optimizers))),
+        key=lambda p: (_COST_ORDER.get(spec.optimizers[p[1]].regime, 3), p),
+    )
+
+    def stored_count() -> int:
+        with RunStore(store_path) as store:
+            return len(store.run_keys(spec.name))
+
+    if workers <= 1:
+        outcomes = []
+        for t, o in pairs:
+            outcomes.append(run_pair(spec, t, o, store_path))
+            if on_progress:
+                on_progress(stored_count(), total)
+        return outcomes
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    results: dict[tuple[int, int], PairOutcome] = {}
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(run_pair, spec, t, o, store_path, threads): (t, o) for t, o in pairs}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    results[futures[fut]] = fut.result()
+                if on_progress:
+                    on_progress(stored_count(), total)
+        except cf.process.BrokenProcessPool:
+            raise WorkerDiedError(
+                "a study worker process died (killed or out of memory); finished runs are stored: "
+                "run the same command again to resume"
+            ) from None
+        except KeyboardInterrupt:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return [results[p] for p in pairs]
