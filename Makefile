@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (set up and run the main job) and `make test`.
+# The README's two commands: `make demo` (set up and run the main job, the default study) and
+# `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/gdlab demo
+	$(BIN)/gdlab compare studies/default.yaml
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests

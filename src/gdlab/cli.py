@@ -25,6 +25,16 @@ from gdlab.engine.regimes import REGIMES
 from gdlab.errors import GdlabError, WorkerDiedError
 
 EXIT_USER_ERROR = 2
+PIPE_WIDTH = 120
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console without syntax highlighting; when writing to a file or pipe (no terminal width
+    to respect), 120 columns so tables are not squeezed."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +79,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, help="steps between test evaluations (default ~50 per run)")
     g.add_argument("--log-every", type=int, help="steps between history records (default ~1000 per run)")
     g.add_argument("--seed", type=int, help="seed for data, initialisation and sample order, default 0")
+    g.add_argument("--data-seed", type=int, help="seed for the data and split only (default: --seed)")
     g.add_argument("--device", help="cpu | cuda | cuda:K | auto, default cpu")
     g.add_argument("--dtype", choices=("float32", "float64"), help="parameter and data dtype")
     g = p.add_argument_group("step-size policy and numerical stability")
@@ -94,7 +105,7 @@ _CONFIG_FLAGS = (
     "task", "data", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
     "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb",
     "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
-    "log_every", "seed", "device", "dtype", "schedule", "clip_norm", "clip_value",
+    "log_every", "seed", "data_seed", "device", "dtype", "schedule", "clip_norm", "clip_value",
     "nonfinite_policy", "rollback_lr_factor", "max_rollbacks", "health_every", "vanishing_ratio",
     "exploding_factor", "sharpness_every", "sharpness_iters",
 )
@@ -201,7 +212,7 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
     """Prepare (all validation first), train with a progress bar, save; returns the result."""
     from gdlab.runner import check_output_dir, prepare, run, save_run
 
-    err = Console(stderr=True, highlight=False)
+    err = _console(stderr=True)
     if args.out:
         check_output_dir(args.out)
     prepared = prepare(config)
@@ -241,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record))
     if not args.quiet:
-        target = Console(stderr=args.json, highlight=False)
+        target = _console(stderr=args.json)
         _print_run(target, "train", result, record)
         _print_events(target, record["events"])
         if args.out:
@@ -261,7 +272,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     if args.quiet:
         return 0
-    con = Console(stderr=args.json, highlight=False)
+    con = _console(stderr=args.json)
     _print_run(con, "stability", result, record)
     problem = first_problem(record["events"])
     if problem is None:
@@ -328,7 +339,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    con = Console(highlight=False)
+    con = _console()
     con.print(f"gdlab sharpness: {args.run} ({prepared.config.model} on {prepared.config.data or prepared.config.task}, "
               f"{op.dim} parameters, {eig.hvps} Hessian-vector products)")
     t = Table(box=box.SIMPLE_HEAD)
@@ -347,31 +358,37 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
 
 
 def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
-    """One table per task: the optimizers ranked by mean final training loss over seeds."""
+    """One table per task: optimizers ranked by mean final training loss over seeds (± half the
+    95% interval), test accuracy, median time and epochs to target and how many runs reached it."""
     for task in summary["tasks"]:
         target = summary["targets"].get(task, {})
-        console.print(f"\ntask {task}: target {target.get('metric')} {'>=' if target.get('metric') == 'test_accuracy' else '<='} "
-                      f"{_fmt(target.get('value'))}")
-        t = Table(box=box.SIMPLE_HEAD)
-        for col, justify in (("#", "right"), ("optimizer", "left"), ("best lr", "right"),
-                             ("train loss (95% CI)", "right"), ("test acc", "right"),
-                             ("time to target", "right"), ("epochs to target", "right"),
-                             ("diverged", "right")):
-            t.add_column(col, justify=justify, no_wrap=True)
-        for row in summary["ranking"].get(task, []):
-            loss = row["final_train_loss"]
-            acc = row["final_test_accuracy"]
-            ci = "-" if loss["mean"] is None else (
-                f"{loss['mean']:.4g} ({loss['ci_low']:.3g}-{loss['ci_high']:.3g})" if loss["ci_low"] is not None
-                else f"{loss['mean']:.4g}")
+        sign = ">=" if target.get("metric") == "test_accuracy" else "<="
+        console.print(f"\n{task}: target {target.get('metric')} {sign} {_fmt(target.get('value'))}")
+        rows = summary["ranking"].get(task, [])
+        with_acc = any(r["final_test_accuracy"]["mean"] is not None for r in rows)
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        columns = ["optimizer", "lr", "train loss"] + (["test acc"] if with_acc else [])
+        for col in columns + ["to target", "epochs", "reached", "div."]:
+            t.add_column(col, justify="left" if col == "optimizer" else "right", no_wrap=True)
+        for row in rows:
+            loss, acc = row["final_train_loss"], row["final_test_accuracy"]
+            if loss["mean"] is None:
+                loss_text = "-"
+            elif loss["ci_high"] is not None and loss["n"] > 1:
+                loss_text = f"{loss['mean']:.4g}±{(loss['ci_high'] - loss['ci_low']) / 2:.1g}"
+            else:
+                loss_text = f"{loss['mean']:.4g}"
             ttt, ett = row["time_to_target"], row["evals_to_target"]
-            t.add_row(
-                str(row["rank"]), row["optimizer"], _fmt(row["best_lr"], ".3g"), ci,
-                "-" if acc["mean"] is None else f"{100 * acc['mean']:.1f}%",
-                "not reached" if ttt["median"] is None else f"{ttt['median']:.3g} s ({ttt['reached']}/{ttt['runs']})",
-                "not reached" if ett["median"] is None else f"{ett['median']:.3g} ({ett['reached']}/{ett['runs']})",
+            cells = [f"{row['rank']}. {row['optimizer']}", _fmt(row["best_lr"], ".2g"), loss_text]
+            if with_acc:
+                cells.append("-" if acc["mean"] is None else f"{100 * acc['mean']:.1f}%")
+            cells += [
+                "never" if ttt["median"] is None else f"{ttt['median']:.2g}s",
+                "never" if ett["median"] is None else f"{ett['median']:.3g}",
+                f"{ttt['reached']}/{ttt['runs']}",
                 f"{100 * row['diverged_fraction']:.0f}%",
-            )
+            ]
+            t.add_row(*cells)
         console.print(t)
 
 
@@ -408,8 +425,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise GdlabError(f"--workers must be >= 1, got {args.workers}")
     store_path = args.store or spec.store or DEFAULT_STORE_PATH
     out_dir = args.out or spec.report or "report"
-    err = Console(stderr=True, highlight=False)
-    con = Console(highlight=False)
+    err = _console(stderr=True)
+    con = _console()
     workers = args.workers or spec.workers
     err.print(
         f"study '{spec.name}': {len(spec.tasks)} tasks x {len(spec.optimizers)} optimizers, "
@@ -428,7 +445,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gdlab.store import RunStore
 
-    con = Console(highlight=False)
+    con = _console()
     study = args.study
     if study is None:
         with RunStore(args.store, create=False) as store:
@@ -448,7 +465,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     with RunStore(args.store, create=False) as store:
         rows = export_query(store, args.query, args.output)
-    Console(highlight=False).print(f"wrote {rows} rows to {args.output}")
+    _console().print(f"wrote {rows} rows to {args.output}")
     return 0
 
 
@@ -463,8 +480,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gdlab.runner import check_output_dir, save_run
     from gdlab.study.demo import plan_demo, run_demo
 
-    err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
+    err = _console(stderr=True)
+    out = _console()
     if args.epochs is not None and args.epochs <= 0:
         raise GdlabError(f"--epochs must be > 0, got {args.epochs}")
     extra = {"device": args.device} if args.device else {}
@@ -503,7 +520,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from gdlab.optim.registry import WEIGHT_DECAY_NOTE
     from gdlab.optim.schedules import SCHEDULES
 
-    out = Console(highlight=False)
+    out = _console()
     t = Table(title="tasks (--task)", title_justify="left", box=box.SIMPLE_HEAD)
     t.add_column("name", no_wrap=True)
     t.add_column("default model / loss", no_wrap=True)

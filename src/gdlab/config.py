@@ -62,6 +62,7 @@ class RunConfig:
     eval_every: int | None = None
     log_every: int | None = None
     seed: int = 0
+    data_seed: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -82,6 +83,11 @@ class RunConfig:
         config = cls(**data)
         config.validate()
         return config
+
+    @property
+    def data_seed_value(self) -> int:
+        """The seed of data generation and the train/test split: ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,6 +145,7 @@ class RunConfig:
         _check_int(self, "eval_every", minimum=1, optional=True)
         _check_int(self, "log_every", minimum=1, optional=True)
         _check_int(self, "seed", minimum=0)
+        _check_int(self, "data_seed", minimum=0, optional=True)
         _check_choice(self, "device", ("cpu", "cuda", "auto"), prefix_ok="cuda:")
         _check_choice(self, "dtype", ("float32", "float64"))
         if self.grad_tol is not None and self.regime != "full":

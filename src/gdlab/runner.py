@@ -131,7 +131,7 @@ def load_data(config: RunConfig) -> Dataset:
     dtype = DTYPES[config.dtype]
     if config.data is not None:
         data = load_npz(
-            config.data, seed=config.seed, test_fraction=config.test_fraction,
+            config.data, seed=config.data_seed_value, test_fraction=config.test_fraction,
             standardize=True if config.standardize is None else config.standardize,
         )
         data = data.to(dtype=dtype)
@@ -139,7 +139,7 @@ def load_data(config: RunConfig) -> Dataset:
         if config.task not in TASKS:
             raise unknown_name("task", config.task, TASKS)
         data = load_task(
-            config.task, seed=config.seed, n_samples=config.n_samples,
+            config.task, seed=config.data_seed_value, n_samples=config.n_samples,
             test_fraction=config.test_fraction, standardize=config.standardize, dtype=dtype,
         )
     validate_dataset(data)

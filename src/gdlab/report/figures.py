@@ -338,6 +338,24 @@ def _target_text(target: dict[str, Any] | None) -> str:
     return f" Target: {metric} {shown}."
 
 
+TIME_LOG_SPAN = 100.0
+
+
+def _set_x_axis(ax: Axes, groups: dict[str, list[StoredRun]], x_key: str, y_key: str) -> bool:
+    """Linear x from 0, except wall time spanning more than two decades across optimizers (a
+    stochastic run can take 1000x a full-batch one): then log x, so both stay readable. Returns
+    whether the axis is logarithmic."""
+    if x_key == "wall_time_s":
+        times = [x for group in groups.values() for run in group
+                 for x in _series(run.history, x_key, y_key)[0] if x > 0]
+        if times and max(times) / min(times) > TIME_LOG_SPAN:
+            ax.set_xscale("log")
+            ax.set_xlim(left=min(times) / 1.5)
+            return True
+    ax.set_xlim(left=0)
+    return False
+
+
 def _loss_figure(task: str, groups: dict[str, list[StoredRun]], colors: dict[str, str],
                  target: dict[str, Any] | None, x_key: str) -> _Made | None:
     if not groups:
@@ -353,9 +371,9 @@ def _loss_figure(task: str, groups: dict[str, list[StoredRun]], colors: dict[str
     if value is not None and value > 0:
         ax.axhline(value, color="0.25", linestyle="--", linewidth=1)
         target_label = f"target {_format(value)}"
-    ax.set_xlabel(_X_LABELS[x_key])
+    log_x = _set_x_axis(ax, groups, x_key, "train_loss")
+    ax.set_xlabel(_X_LABELS[x_key] + (" (log scale)" if log_x else ""))
     ax.set_ylabel("training loss (log scale)")
-    ax.set_xlim(left=0)
     measure = "gradient evaluations" if x_key == "epochs" else "wall time"
     title = f"{task}: training loss vs {measure}"
     ax.set_title(title)
@@ -390,8 +408,8 @@ def _accuracy_figure(task: str, groups: dict[str, list[StoredRun]], colors: dict
         target_label = f"target {value:.1%}"
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylim(0, 1.02)
-    ax.set_xlim(left=0)
-    ax.set_xlabel(_X_LABELS["wall_time_s"])
+    log_x = _set_x_axis(ax, groups, "wall_time_s", "test_accuracy")
+    ax.set_xlabel(_X_LABELS["wall_time_s"] + (" (log scale)" if log_x else ""))
     ax.set_ylabel("test accuracy (% correct)")
     title = f"{task}: test accuracy vs wall time"
     ax.set_title(title)
@@ -554,13 +572,15 @@ def _grad_norm_figure(task: str, groups: dict[str, list[StoredRun]],
     _, diverged = _draw_curves(ax, groups, colors, "epochs", "grad_norm", log=True, cap=False)
     ax.set_xlim(left=0)
     ax.set_xlabel(_X_LABELS["epochs"])
-    ax.set_ylabel("gradient norm ||∇L|| (log scale)")
+    ax.set_ylabel("norm of the step's gradient (log scale)")
     title = f"{task}: gradient norm"
     ax.set_title(title)
     _finish_legend(ax, _legend_extras(diverged, None))
     caption = (
-        "Euclidean norm of the full-batch gradient along the final runs: median over seeds, band "
-        "min-max. A norm that falls by decades means convergence; one that grows by decades "
+        "Euclidean norm of the gradient each step used, along the final runs: the exact "
+        "full-batch gradient for full-batch methods, the mini-batch (or one-sample) gradient for "
+        "the others, whose noise keeps it high even at a minimum. Median over seeds, band min-max. "
+        "A full-batch norm that falls by decades means convergence; one that grows by decades "
         "signals instability (crosses: diverged runs)."
     )
     return "grad_norm", title, caption, _png(fig)

@@ -103,10 +103,13 @@ class StudySpec:
 
     def run_config(self, task: TaskEntry, opt: OptimizerEntry, lr: float, seed: int) -> RunConfig:
         """The validated RunConfig of one run of this study."""
+        # the data (and its split) stay fixed across a study's seeds, which vary the
+        # initialisation and the sample order: differences between runs are the optimizer's
         fields = dict(task.run_fields)
         fields.update(
             optimizer=opt.optimizer, lr=lr, optimizer_params=dict(opt.params), regime=opt.regime,
-            batch_size=opt.batch_size, seed=seed, max_epochs=task.budget.epochs,
+            batch_size=opt.batch_size, seed=seed, data_seed=self.tuning_seed,
+            max_epochs=task.budget.epochs,
             time_budget_s=task.budget.time_s, steps=task.budget.steps,
             # a diverged trial must fail, not be rescued by a smaller lr than the one under test
             nonfinite_policy="stop", divergence_factor=1e4, eval_every=None,
