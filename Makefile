@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.gdlab-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test,parquet]"
+	$(BIN)/python -m pip install --quiet -e ".[test,parquet,tensorboard]"
 	touch $(STAMP)
 
 setup: $(STAMP)

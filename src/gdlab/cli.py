@@ -392,7 +392,8 @@ def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
         console.print(t)
 
 
-def _write_report(store_path: str, study: str, out_dir: str, console: Console) -> dict[str, Any]:
+def _write_report(store_path: str, study: str, out_dir: str, console: Console,
+                  tensorboard: str | None = None) -> dict[str, Any]:
     from gdlab.report import build_report
     from gdlab.store import RunStore
     from gdlab.study.metrics import Target
@@ -409,6 +410,11 @@ def _write_report(store_path: str, study: str, out_dir: str, console: Console) -
     targets = {t["name"]: Target(t["target_metric"], t["target_value"]) for t in spec["tasks"]}
     summary = summarize_study(runs, targets)
     paths = build_report(runs, summary, out_dir)
+    if tensorboard:
+        from gdlab.report.tensorboard import write_tensorboard
+
+        count = write_tensorboard(runs, tensorboard)
+        console.print(f"TensorBoard: {count} runs under {tensorboard} (tensorboard --logdir {tensorboard})")
     _ranking_tables(console, summary)
     console.print(f"\nreport: {paths['html']}  (Markdown summary: {paths['markdown']}, figures in {paths['figures']})")
     return summary
@@ -438,7 +444,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_study(spec, store_path, workers=workers,
                   on_progress=lambda done, total: progress.update(task_id, completed=done))
     if not args.no_report:
-        _write_report(store_path, spec.name, out_dir, con)
+        _write_report(store_path, spec.name, out_dir, con, tensorboard=args.tensorboard)
     return 0
 
 
@@ -456,7 +462,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "choose one with --study NAME"
             )
         study = names[0]
-    _write_report(args.store, study, args.out, con)
+    _write_report(args.store, study, args.out, con, tensorboard=args.tensorboard)
     return 0
 
 
@@ -584,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="DB", help="SQLite run store (default: the study's, else runs/gdlab.db)")
     p.add_argument("--out", metavar="DIR", help="report directory (default: the study's, else report/)")
     p.add_argument("--no-report", action="store_true", help="run the study, write no report")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write every run as TensorBoard event files into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
@@ -591,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="DB", help="SQLite run store, e.g. runs/gdlab.db")
     p.add_argument("--study", help="study name (needed when the store holds several)")
     p.add_argument("--out", metavar="DIR", default="report", help="report directory, default report/")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write every run as TensorBoard event files into DIR")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a table or a SELECT query of the run store to CSV or Parquet")

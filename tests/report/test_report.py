@@ -388,3 +388,22 @@ def test_optimizer_colours_are_distinct_and_stable_in_order():
     assert more["adam"] == first["adam"]
     many = figures_module.optimizer_colors([f"o{i}" for i in range(25)])
     assert len(set(many.values())) == 25
+
+
+def test_tensorboard_event_files_hold_the_history(tmp_path):
+    """--tensorboard writes one event directory per run whose train_loss scalars equal the
+    history's (read back with TensorBoard's own EventAccumulator)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gdlab.report.tensorboard import write_tensorboard
+
+    runs, _ = fake_study()
+    assert write_tensorboard(runs, tmp_path) == len(runs)
+    run = runs[0]
+    tag = f"trial{run.trial}" if run.phase == "tune" else f"seed{run.seed}"
+    acc = EventAccumulator(str(tmp_path / run.study / run.task / run.optimizer / f"{run.phase}-{tag}"))
+    acc.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("train_loss")]
+    want = [(r["step"], r["train_loss"]) for r in run.history if r.get("train_loss") is not None]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
