@@ -208,10 +208,20 @@ MAX_EVENTS_SHOWN = 15
 EXIT_TRAINING_FAILED = 1
 
 
+def _join_process_group(args: argparse.Namespace, config: RunConfig) -> None:
+    """Under torchrun, join the process group; ranks other than 0 print and write nothing."""
+    from gdlab import distributed
+
+    distributed.init_from_env(config.device)
+    if not distributed.is_main():
+        args.quiet, args.json, args.out = True, False, None
+
+
 def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = False) -> Any:
     """Prepare (all validation first), train with a progress bar, save; returns the result."""
     from gdlab.runner import check_output_dir, prepare, run, save_run
 
+    _join_process_group(args, config)
     err = _console(stderr=True)
     if args.out:
         check_output_dir(args.out)
@@ -420,8 +430,20 @@ def _write_report(store_path: str, study: str, out_dir: str, console: Console,
     return summary
 
 
+def _single_process(command: str) -> None:
+    from gdlab.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise GdlabError(
+            f"gdlab {command} runs in one process (it starts its own workers); under torchrun use "
+            "gdlab train or gdlab stability"
+        )
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from gdlab.store import DEFAULT_STORE_PATH
+
+    _single_process("compare")
     from gdlab.study.runner import expected_runs, run_study
     from gdlab.study.spec import check_study_runs, load_study
 
@@ -486,6 +508,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gdlab.runner import check_output_dir, save_run
     from gdlab.study.demo import plan_demo, run_demo
 
+    _single_process("demo")
     err = _console(stderr=True)
     out = _console()
     if args.epochs is not None and args.epochs <= 0:
@@ -616,7 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gdlab`` command; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            from gdlab.distributed import shutdown
+
+            shutdown()
     except GdlabError as exc:
         print(f"gdlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

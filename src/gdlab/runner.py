@@ -14,7 +14,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from gdlab.data import Dataset, load_npz, load_task, validate_dataset
 from gdlab.data.tasks import TASKS
 from gdlab.engine.gradient import LossFn, auto_chunk_size
 from gdlab.diagnostics.health import HealthThresholds
+from gdlab.distributed import Shard, broadcast_parameters, make_shard, world_size
 from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
 from gdlab.engine.loop import Callback, GuardOptions, StopRules, train_loop
 from gdlab.engine.regimes import SampleSchedule, make_schedule
@@ -59,6 +60,7 @@ class PreparedRun:
     eval_every: int
     log_every: int
     expected_steps: int | None
+    shard: Shard | None = None
 
 
 @dataclass
@@ -123,6 +125,7 @@ def environment_info(config: RunConfig, device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "seed": config.seed,
         "config_hash": config.config_hash(),
+        "world_size": world_size(),
     }
 
 
@@ -200,12 +203,28 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
     _check_model_io(built, data, output_dim, spec if model is None else type(model).__name__)
     built = built.to(device)
     data = data.to(device)
+    shard = make_shard(data.n_train, data.n_test)
+    if shard is not None:
+        if config.sharpness_every:
+            raise GdlabError(
+                "sharpness tracking needs the whole training set in one process; drop "
+                "--sharpness-every for a multi-process run (or run gdlab sharpness on the saved run)"
+            )
+        data = replace(
+            data,
+            X_train=data.X_train[shard.train_start:shard.train_stop],
+            y_train=data.y_train[shard.train_start:shard.train_stop],
+            X_test=data.X_test[shard.test_start:shard.test_stop],
+            y_test=data.y_test[shard.test_start:shard.test_stop],
+        )
+        broadcast_parameters(built)
     optimizer = build_optimizer(
         config.optimizer, [p for p in built.parameters() if p.requires_grad], config.lr,
         **config.optimizer_params,
     )
+    n_train = shard.n_train if shard else data.n_train
     schedule = make_schedule(
-        config.regime, data.n_train, batch_size=config.batch_size, last_batch=config.last_batch,
+        config.regime, n_train, batch_size=config.batch_size, last_batch=config.last_batch,
         seed=config.seed + 1,
     )
     chunk = config.chunk_size or auto_chunk_size(built, data.X_train, config.memory_budget_mb)
@@ -225,7 +244,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
     return PreparedRun(
         config=config, device=device, data=data, model=built, loss_fn=loss_fn, loss_name=loss_name,
         optimizer=optimizer, scheduler=scheduler, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
-        log_every=log_every, expected_steps=expected,
+        log_every=log_every, expected_steps=expected, shard=shard,
     )
 
 
@@ -261,7 +280,7 @@ def run(
         regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
         log_every=prepared.log_every, layer_mode=config.layer_mode,
         callbacks=[*diagnostic_callbacks(config), *callbacks], scheduler=prepared.scheduler,
-        guard=guard,
+        guard=guard, shard=prepared.shard,
     )
     resolved = config.to_dict()
     resolved.update(
@@ -270,8 +289,10 @@ def run(
         eval_every=prepared.eval_every, log_every=prepared.log_every,
     )
     final = dict(outcome.final)
+    shard = prepared.shard
     final.update(
-        n_train=prepared.data.n_train, n_test=prepared.data.n_test,
+        n_train=shard.n_train if shard else prepared.data.n_train,
+        n_test=shard.n_test if shard else prepared.data.n_test,
         parameters=sum(p.numel() for p in net.parameters()),
     )
     return RunResult(

@@ -96,7 +96,7 @@ def auto_chunk_size(
 
 
 def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
-    size = n if chunk_size is None else max(1, min(int(chunk_size), n))
+    size = max(1, n if chunk_size is None else min(int(chunk_size), n))
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
@@ -113,6 +113,14 @@ def _accumulate(
             buf += g.to(torch.float32)
 
 
+Reduce = Callable[[Sequence[torch.Tensor]], None]
+
+
+def _zero_grad(p: torch.Tensor) -> torch.Tensor:
+    p.grad = torch.zeros_like(p)
+    return p.grad
+
+
 def full_batch_loss_and_grad(
     model: nn.Module,
     loss_fn: LossFn,
@@ -123,6 +131,8 @@ def full_batch_loss_and_grad(
     memory_budget_mb: float | None = None,
     regularizer: Callable[[], torch.Tensor] | None = None,
     params: Sequence[torch.Tensor] | None = None,
+    total_rows: int | None = None,
+    reduce: Reduce | None = None,
 ) -> GradientResult:
     """Exact loss and gradient of ``(1/N) sum_i l_i + R`` over all N rows of ``X`` (N, ...).
 
@@ -131,13 +141,20 @@ def full_batch_loss_and_grad(
     (default 256 MiB) by :func:`auto_chunk_size`. ``regularizer`` returns R(theta) as a
     differentiable 0-dim tensor. Gradients accumulate in the parameters' dtype when it is float32
     or float64, and in float32 buffers for lower precisions.
+
+    Across processes, ``X`` holds this rank's rows of a set of ``total_rows`` rows: each chunk is
+    weighted by rows / total_rows and ``reduce`` (a sum over ranks, in place) is applied to the
+    data gradient and loss before the regulariser is added once.
     """
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
-    n = int(X.shape[0])
+    n_local = int(X.shape[0])
+    n = int(total_rows) if total_rows is not None else n_local
+    if chunk_size is None and n_local == 0:
+        chunk_size = 1
     if chunk_size is None:
         chunk_size = auto_chunk_size(model, X, memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB)
-    spans = _chunks(n, chunk_size)
+    spans = _chunks(n_local, chunk_size)
     low_precision = any(p.dtype not in _ACCUMULATE_DTYPES for p in params)
     buffers = (
         [torch.zeros_like(p, dtype=torch.float32) for p in params] if low_precision else None
@@ -151,6 +168,12 @@ def full_batch_loss_and_grad(
         chunk_loss = loss_fn(out, y[start:stop]) * ((stop - start) / n)
         data_loss += chunk_loss.detach().to(torch.float64)
         _accumulate(chunk_loss, params, buffers)
+
+    if reduce is not None:
+        grads = buffers if buffers is not None else [
+            p.grad if p.grad is not None else _zero_grad(p) for p in params
+        ]
+        reduce([*grads, data_loss])
 
     reg_loss = 0.0
     if regularizer is not None:
@@ -181,12 +204,18 @@ def full_batch_loss(
     *,
     chunk_size: int | None = None,
     regularizer: Callable[[], torch.Tensor] | None = None,
+    total_rows: int | None = None,
+    reduce: Reduce | None = None,
 ) -> float:
-    """The objective ``(1/N) sum_i l_i + R`` over all rows of X, without gradients."""
-    n = int(X.shape[0])
+    """The objective ``(1/N) sum_i l_i + R`` over all rows of X, without gradients (across
+    processes: ``total_rows`` and ``reduce`` as in :func:`full_batch_loss_and_grad`)."""
+    n_local = int(X.shape[0])
+    n = int(total_rows) if total_rows is not None else n_local
     total = torch.zeros((), dtype=torch.float64, device=X.device)
-    for start, stop in _chunks(n, chunk_size):
+    for start, stop in _chunks(n_local, chunk_size):
         total += loss_fn(model(X[start:stop]), y[start:stop]).to(torch.float64) * ((stop - start) / n)
+    if reduce is not None:
+        reduce([total])
     reg = float(regularizer()) if regularizer is not None else 0.0
     return float(total) + reg
 
@@ -200,18 +229,21 @@ def evaluate(
     *,
     classification: bool,
     chunk_size: int | None = None,
+    total_rows: int | None = None,
+    reduce: Reduce | None = None,
 ) -> tuple[float | None, float | None]:
     """Mean data loss and accuracy (fraction in [0, 1], classification only) over X (N, ...).
 
     Returns (None, None) for an empty set. Binary models with one output count a logit > 0 as
-    class 1.
+    class 1. Across processes, ``total_rows`` and ``reduce`` as in :func:`full_batch_loss_and_grad`.
     """
-    n = int(X.shape[0])
+    n_local = int(X.shape[0])
+    n = int(total_rows) if total_rows is not None else n_local
     if n == 0:
         return None, None
     total = torch.zeros((), dtype=torch.float64, device=X.device)
     correct = 0
-    for start, stop in _chunks(n, chunk_size):
+    for start, stop in _chunks(n_local, chunk_size):
         out = model(X[start:stop])
         yc = y[start:stop]
         total += loss_fn(out, yc).to(torch.float64) * ((stop - start) / n)
@@ -221,6 +253,10 @@ def evaluate(
             else:
                 pred = out.argmax(dim=-1)
             correct += int((pred == yc.reshape(-1).long()).sum())
+    if reduce is not None:
+        counts = torch.tensor([float(correct)], dtype=torch.float64, device=X.device)
+        reduce([total, counts])
+        correct = int(round(float(counts)))
     return float(total), (correct / n if classification else None)
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from gdlab.data.dataset import Dataset
+from gdlab.distributed import Shard, agree_max, all_reduce_sum
 from gdlab.engine.gradient import (
     FullBatchObjective,
     LossFn,
@@ -212,6 +213,7 @@ def train_loop(
     callbacks: Sequence[Callback] = (),
     scheduler: Any = None,
     guard: GuardOptions | None = None,
+    shard: Shard | None = None,
 ) -> LoopOutcome:
     """Train ``model`` on ``data`` (tensors already on the model's device) until a stop rule fires.
 
@@ -219,11 +221,17 @@ def train_loop(
     :func:`full_batch_loss_and_grad` (chunked); the non-finite guard; diagnostics callbacks;
     clipping; ``optimizer.step()`` (or the line search's ``step(closure)``); ``scheduler.step()``.
     Returns the final record, the history, the events and the diagnostics series.
+
+    With ``shard`` (a torch.distributed job) ``data`` holds this rank's rows only; gradients,
+    losses and counts are summed over ranks (see :mod:`gdlab.distributed`), so every rank takes
+    the single-process steps.
     """
     guard = guard or GuardOptions()
     params = [p for p in model.parameters() if p.requires_grad]
     X, y = data.X_train, data.y_train
-    n = data.n_train
+    n = shard.n_train if shard else data.n_train
+    n_test = shard.n_test if shard else data.n_test
+    reduce = all_reduce_sum if shard else None
     classification = data.task_type == "classification"
     line_search = isinstance(optimizer, ArmijoLineSearch)
     train_mode = layer_mode == "train"
@@ -267,7 +275,9 @@ def train_loop(
             if stop.max_epochs is not None and samples >= stop.max_epochs * n - 1e-9:
                 status, reason = "completed", "max_epochs"
                 break
-            if stop.time_budget_s is not None and train_time >= stop.time_budget_s:
+            if stop.time_budget_s is not None and (
+                agree_max(train_time) if shard else train_time
+            ) >= stop.time_budget_s:
                 status, reason = "time_budget", "time_budget"
                 break
 
@@ -276,10 +286,10 @@ def train_loop(
             if evaluating:
                 eval_train = None if schedule.is_full else measured(
                     lambda: full_batch_loss(model, loss_fn, X, y, chunk_size=chunk_size,
-                                            regularizer=regularizer))
+                                            regularizer=regularizer, total_rows=n, reduce=reduce))
                 test_loss, test_acc = measured(lambda: evaluate(
                     model, loss_fn, data.X_test, data.y_test, classification=classification,
-                    chunk_size=chunk_size))
+                    chunk_size=chunk_size, total_rows=n_test, reduce=reduce))
                 if eval_train is not None and stop.loss_tol is not None and eval_train <= stop.loss_tol:
                     log({"step": step, "epochs": epochs_before, "wall_time_s": time_before,
                          "batch_loss": None, "train_loss": eval_train, "grad_norm": None,
@@ -290,13 +300,19 @@ def train_loop(
 
             t0 = time.perf_counter()
             idx = schedule.next_indices()
+            rows = n
             if idx is None:
                 Xb, yb = X, y
             else:
+                rows = int(idx.numel())
+                if shard is not None:
+                    mine = (idx >= shard.train_start) & (idx < shard.train_stop)
+                    idx = idx[mine] - shard.train_start
                 idx = idx.to(X.device)
                 Xb, yb = X[idx], y[idx]
             res = full_batch_loss_and_grad(
-                model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer, params=params
+                model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer, params=params,
+                total_rows=rows, reduce=reduce,
             )
             samples += res.num_samples
             gnorm = gradient_norm(params)
@@ -378,7 +394,7 @@ def train_loop(
             if line_search:
                 def closure() -> float:
                     return full_batch_loss(model, loss_fn, Xb, yb, chunk_size=chunk_size,
-                                           regularizer=regularizer)
+                                           regularizer=regularizer, total_rows=rows, reduce=reduce)
 
                 optimizer.step(closure, loss=res.loss)
             else:
@@ -404,7 +420,7 @@ def train_loop(
 
     final = final_record(
         model, data, loss_fn, params, regularizer=regularizer, chunk_size=chunk_size,
-        classification=classification, train_mode=train_mode,
+        classification=classification, train_mode=train_mode, shard=shard,
     )
     final.update(
         step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
@@ -442,24 +458,30 @@ def final_record(
     chunk_size: int | None,
     classification: bool,
     train_mode: bool,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Train objective, full-batch gradient norm and test metrics at the current parameters
-    (evaluated with ``model.eval()``)."""
+    (evaluated with ``model.eval()``; summed over ranks with ``shard``)."""
+    reduce = all_reduce_sum if shard else None
+    n_train = shard.n_train if shard else None
+    n_test = shard.n_test if shard else None
     model.train(False)
     res = full_batch_loss_and_grad(
         model, loss_fn, data.X_train, data.y_train, chunk_size=chunk_size, regularizer=regularizer,
-        params=params,
+        params=params, total_rows=n_train, reduce=reduce,
     )
     gnorm = gradient_norm(params)
     for p in params:
         p.grad = None
     test_loss, test_acc = evaluate(
-        model, loss_fn, data.X_test, data.y_test, classification=classification, chunk_size=chunk_size
+        model, loss_fn, data.X_test, data.y_test, classification=classification, chunk_size=chunk_size,
+        total_rows=n_test, reduce=reduce,
     )
     train_acc = None
     if classification:
         _, train_acc = evaluate(
-            model, loss_fn, data.X_train, data.y_train, classification=True, chunk_size=chunk_size
+            model, loss_fn, data.X_train, data.y_train, classification=True, chunk_size=chunk_size,
+            total_rows=n_train, reduce=reduce,
         )
     model.train(train_mode)
     return {
