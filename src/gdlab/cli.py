@@ -48,7 +48,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument("--config", metavar="FILE", help="YAML or JSON file of config fields; flags override it")
     g.add_argument("--task", help="registered task (see 'gdlab list'); default digits")
-    g.add_argument("--data", metavar="FILE.npz", help="local NPZ file with arrays X, y (overrides --task)")
+    g.add_argument("--data", metavar="PATH", help="local data: .npz, .npy pair dir, .csv, MNIST/CIFAR-10 dir, or a preset (overrides --task)")
+    g.add_argument("--data-dir", metavar="DIR", help="where local data sets live (default $GDLAB_DATA_DIR)")
+    g.add_argument("--mmap", action="store_true", default=None, help="memory-map X.npy instead of loading it")
     g.add_argument("--n-samples", type=int, help="samples to generate / draw (synthetic tasks)")
     g.add_argument("--test-fraction", type=float, help="held-out fraction, default 0.2")
     g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
@@ -102,7 +104,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_FLAGS = (
-    "task", "data", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
+    "task", "data", "data_dir", "mmap", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
     "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb",
     "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
     "log_every", "seed", "data_seed", "device", "dtype", "schedule", "clip_norm", "clip_value",
@@ -544,6 +546,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from gdlab.data import list_tasks
+    from gdlab.data.presets import list_presets
     from gdlab.models import MODEL_FAMILIES
     from gdlab.optim import LOSSES, OPTIMIZERS
     from gdlab.optim.registry import WEIGHT_DECAY_NOTE
@@ -556,6 +559,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     t.add_column("description")
     for spec in list_tasks():
         t.add_row(spec.name, f"{spec.default_model}\n{spec.default_loss}", spec.description)
+    for preset in list_presets():
+        t.add_row(preset.name, f"{preset.default_model}\n{preset.default_loss}",
+                  f"{preset.description} (local files: --data-dir or $GDLAB_DATA_DIR)")
     out.print(t)
     for title, mapping in (
         ("models (--model)", MODEL_FAMILIES),

@@ -26,6 +26,8 @@ class RunConfig:
 
     task: str = "digits"
     data: str | None = None
+    data_dir: str | None = None
+    mmap: bool = False
     n_samples: int | None = None
     test_fraction: float = 0.2
     standardize: bool | None = None
@@ -101,6 +103,9 @@ class RunConfig:
         """Check types and ranges of every field; fill the default stopping rule."""
         _check_str(self, "task")
         _check_optional(self, "data", str)
+        _check_optional(self, "data_dir", str)
+        if not isinstance(self.mmap, bool):
+            raise GdlabError(f"config field 'mmap' must be true or false, got {self.mmap!r}")
         _check_int(self, "n_samples", minimum=2, optional=True)
         _check_float(self, "test_fraction", minimum=0.0, below=1.0)
         _check_optional(self, "standardize", bool)

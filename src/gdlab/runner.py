@@ -25,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import gdlab
 from gdlab.config import RunConfig
-from gdlab.data import Dataset, load_npz, load_task, validate_dataset
+from gdlab.data import Dataset, load_data_source, load_task
+from gdlab.data.presets import PRESETS
 from gdlab.data.tasks import TASKS
 from gdlab.engine.gradient import LossFn, auto_chunk_size
 from gdlab.diagnostics.health import HealthThresholds
@@ -129,24 +130,40 @@ def environment_info(config: RunConfig, device: torch.device) -> dict[str, Any]:
     }
 
 
-def load_data(config: RunConfig) -> Dataset:
-    """The data set a config names: a local NPZ file (``data``) or a registered task."""
-    dtype = DTYPES[config.dtype]
+def data_source(config: RunConfig) -> str | None:
+    """The local data a config names: ``data`` (a file, a directory or a preset name), or a
+    preset given as the task (``--task mnist-mlp``); None for a registered in-memory task."""
     if config.data is not None:
-        data = load_npz(
-            config.data, seed=config.data_seed_value, test_fraction=config.test_fraction,
-            standardize=True if config.standardize is None else config.standardize,
+        return config.data
+    return config.task if config.task in PRESETS else None
+
+
+def task_defaults(config: RunConfig) -> Any:
+    """The TaskSpec or Preset whose default model and loss apply, or None for a plain file."""
+    source = data_source(config)
+    if source is None:
+        return TASKS.get(config.task)
+    return PRESETS.get(source)
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """The data set a config names: local data (files, a directory, a preset; every reader
+    validates what it returns) or a registered task. Memory-mapped data keeps its storage unless
+    its dtype differs from the run's."""
+    dtype = DTYPES[config.dtype]
+    source = data_source(config)
+    if source is not None:
+        data = load_data_source(
+            source, config.data_dir, seed=config.data_seed_value, test_fraction=config.test_fraction,
+            standardize=config.standardize, n_samples=config.n_samples, mmap=config.mmap,
         )
-        data = data.to(dtype=dtype)
-    else:
-        if config.task not in TASKS:
-            raise unknown_name("task", config.task, TASKS)
-        data = load_task(
-            config.task, seed=config.data_seed_value, n_samples=config.n_samples,
-            test_fraction=config.test_fraction, standardize=config.standardize, dtype=dtype,
-        )
-    validate_dataset(data)
-    return data
+        return data.to(dtype=dtype)
+    if config.task not in TASKS:
+        raise unknown_name("task", config.task, [*TASKS, *PRESETS])
+    return load_task(
+        config.task, seed=config.data_seed_value, n_samples=config.n_samples,
+        test_fraction=config.test_fraction, standardize=config.standardize, dtype=dtype,
+    )
 
 
 def _check_model_io(model: nn.Module, data: Dataset, output_dim: int, spec: str) -> None:
@@ -187,7 +204,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
     config.validate()
     device = resolve_device(config.device)
     data = load_data(config)
-    task = TASKS.get(config.task) if config.data is None else None
+    task = task_defaults(config)
     loss_name = config.loss or (task.default_loss if task else
                                 ("cross_entropy" if data.task_type == "classification" else "mse"))
     loss_fn = get_loss(loss_name)
@@ -315,7 +332,7 @@ def diagnostic_callbacks(config: RunConfig) -> list[Callback]:
 
 
 def _default_model(config: RunConfig) -> str:
-    task = TASKS.get(config.task) if config.data is None else None
+    task = task_defaults(config)
     return task.default_model if task else "linear"
 
 

@@ -1,7 +1,23 @@
-"""Data: the Dataset type, the task registry, and readers for local files."""
+"""Data: the Dataset type, the task registry, readers for local files and presets on them."""
 
 from gdlab.data.dataset import Dataset, validate_dataset
-from gdlab.data.files import load_npz
+from gdlab.data.files import load_data_source, load_npz
+from gdlab.data.presets import PRESETS, Preset, list_presets, load_preset
+from gdlab.data.readers import (
+    DATA_DIR_ENV,
+    data_dir,
+    dataset_from_torch,
+    load_cifar10_dir,
+    load_csv,
+    load_mnist_dir,
+    load_npy_pair,
+    read_idx,
+)
 from gdlab.data.tasks import TASKS, TaskSpec, list_tasks, load_task
 
-__all__ = ["Dataset", "validate_dataset", "load_task", "list_tasks", "TASKS", "TaskSpec", "load_npz"]
+__all__ = [
+    "Dataset", "validate_dataset", "load_task", "list_tasks", "TASKS", "TaskSpec", "load_npz",
+    "load_data_source", "PRESETS", "Preset", "list_presets", "load_preset", "DATA_DIR_ENV",
+    "data_dir", "dataset_from_torch", "load_cifar10_dir", "load_csv", "load_mnist_dir",
+    "load_npy_pair", "read_idx",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,7 +19,7 @@ from gdlab.data.split import (
     split_train_test,
     standardize as standardize_splits,
 )
-from gdlab.errors import GdlabError, unknown_name
+from gdlab.errors import GdlabError, did_you_mean, unknown_name
 
 _SAVE_HINT = "save it with numpy.savez(path, X=X, y=y)"
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -26,6 +27,8 @@ _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 # a message about allow_pickle.
 _ZIP_MAGIC = b"PK"
 _NPY_MAGIC = b"\x93NUMPY"
+_IMAGE_SETS = ("mnist", "fashion-mnist", "cifar10")
+_CIFAR_BATCH = re.compile(r"(data_batch_[1-5]|test_batch)\.bin")
 
 
 def _one_line(error: BaseException) -> str:
@@ -43,6 +46,11 @@ def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarr
             ) from None
         raise GdlabError(
             f"cannot read array '{key}' from '{path}' ({_one_line(error)}); {_SAVE_HINT}"
+        ) from None
+    except MemoryError:
+        raise GdlabError(
+            f"array '{key}' in '{path}' does not fit in memory (or its header is corrupted); "
+            f"use a smaller data set, or save X.npy and y.npy and load them memory-mapped"
         ) from None
     except _READ_ERRORS as error:
         raise GdlabError(
@@ -62,7 +70,13 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             magic = f.read(6)
     except OSError as error:
         raise GdlabError(f"cannot open '{path}' ({_one_line(error)}); check its permissions") from None
-    if not magic.startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+    if magic.startswith(_NPY_MAGIC):
+        # Refused before numpy.load, which would read (and allocate) the whole array first.
+        raise GdlabError(
+            f"'{path}' holds a single .npy array, not an .npz archive; {_SAVE_HINT}, or give the "
+            f"directory holding X.npy and y.npy"
+        )
+    if not magic.startswith(_ZIP_MAGIC):
         raise GdlabError(
             f"cannot read '{path}': it is not an .npz archive (no zip signature); {_SAVE_HINT}"
         )
@@ -73,8 +87,6 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             f"cannot read '{path}' as an .npz archive, the file looks truncated or corrupted "
             f"({_one_line(error)}); {_SAVE_HINT}"
         ) from None
-    if not hasattr(archive, "files"):
-        raise GdlabError(f"'{path}' holds a single .npy array, not an .npz archive; {_SAVE_HINT}")
     with archive:
         keys = list(archive.files)
         for key in ("X", "y"):
@@ -174,9 +186,33 @@ def load_npz(
         raise GdlabError(f"standardize must be true or false, got {standardize!r}")
     arrays = _read_npz(path)
     _check_shapes(arrays, path)
+    return _arrays_to_split_dataset(
+        arrays,
+        path,
+        name=name or path.stem,
+        task_type=task_type,
+        seed=seed,
+        test_fraction=test_fraction,
+        standardize=standardize,
+        description=f"loaded from {path}",
+    )
+
+
+def _arrays_to_split_dataset(
+    arrays: dict[str, np.ndarray],
+    path: Path,
+    *,
+    name: str,
+    task_type: str | None,
+    seed: int,
+    test_fraction: float,
+    standardize: bool,
+    description: str,
+) -> Dataset:
+    """Turn checked in-memory arrays X, y (and optionally X_test, y_test) into a Dataset: infer
+    the task type from y's dtype when None, split, standardise, validate (see load_npz)."""
     if task_type is None:
         task_type = "regression" if arrays["y"].dtype.kind == "f" else "classification"
-    name = name or path.stem
     X = arrays["X"].astype(np.float64)
     y = _targets(arrays["y"], task_type, "y", path)
     if "X_test" in arrays:
@@ -207,5 +243,139 @@ def load_npz(
         y_test,
         task_type=task_type,
         num_classes=num_classes,
-        description=f"loaded from {path}",
+        description=description,
+    )
+
+
+def _resolve(path: Path, data_dir: str | os.PathLike | None) -> Path:
+    """`path`, or the same relative path under the data directory when only that exists."""
+    from gdlab.data.readers import data_dir as find_data_dir
+
+    if path.exists() or path.is_absolute():
+        return path
+    try:
+        candidate = find_data_dir(data_dir) / path
+    except GdlabError:
+        return path
+    return candidate if candidate.exists() else path
+
+
+def _source_kind(path: Path, text: str, names: list[str]) -> tuple[str, Path]:
+    """(format, path to read) for a data path: npz, npy, csv, tsv, mnist, fashion-mnist, cifar10."""
+    from gdlab.data import readers
+
+    lower = path.name.lower()
+    fashion = "fashion" in str(path).lower()
+    if path.is_dir():
+        if (path / "X.npy").is_file():
+            return "npy", path
+        if readers.find_cifar10_files(path)[1] != list(readers.CIFAR10_FILES):
+            return "cifar10", path
+        if readers.find_mnist_files(path)[0]:
+            return ("fashion-mnist" if fashion else "mnist"), path
+        if readers.cifar10_python_version(path) or (path / "cifar-10-binary.tar.gz").is_file():
+            return "cifar10", path  # its reader explains what to download or extract
+        raise GdlabError(
+            f"directory '{path}' holds no data gdlab can read; give a folder with X.npy and y.npy, "
+            f"the four MNIST IDX files or the CIFAR-10 binary batches, or a .npz, .npy, .csv or "
+            f".tsv file"
+        )
+    for suffix, kind in ((".npz", "npz"), (".npy", "npy"), (".csv", "csv"), (".tsv", "tsv"), (".tab", "tsv")):
+        if lower.endswith(suffix):
+            return kind, path
+    if lower.endswith(("-ubyte", "-ubyte.gz")):
+        return ("fashion-mnist" if fashion else "mnist"), path.parent
+    if _CIFAR_BATCH.fullmatch(lower):
+        return "cifar10", path.parent
+    if not path.exists():
+        raise GdlabError(
+            f"data '{text}' is neither an existing file nor a known name{did_you_mean(text, names)}; "
+            f"give a path (.npz, .npy, .csv, .tsv or a directory) or one of: {', '.join(names)}"
+        )
+    raise GdlabError(
+        f"cannot tell the format of '{path}' from its name; give a .npz, .npy, .csv or .tsv file, "
+        f"a directory of MNIST IDX or CIFAR-10 binary files, or one of: {', '.join(names)}"
+    )
+
+
+def load_data_source(
+    data: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    standardize: bool | None = None,
+    task_type: str | None = None,
+    n_samples: int | None = None,
+    mmap: bool = False,
+    label_column: str | int = -1,
+    name: str | None = None,
+) -> Dataset:
+    """Load the data that `data` names (what `--data` accepts), dispatching on what it is.
+
+    - A preset name (mnist-mlp, fashion-cnn, cifar10-resnet) or a local data set name (mnist,
+      fashion-mnist, cifar10): read from the data directory (`data_dir`, else $GDLAB_DATA_DIR;
+      see gdlab.data.presets for the folders searched). Names win over files of the same name.
+    - A file, by its extension: .npz (load_npz); .npy (the X.npy of a pair, or a prefix:
+      load_npy_pair); .csv, .tsv, .tab (load_csv, comma or tab separated); an IDX file
+      (*-ubyte, *-ubyte.gz) or a CIFAR-10 batch (data_batch_N.bin, test_batch.bin): its folder.
+    - A directory: with X.npy, a .npy pair; with CIFAR-10 binary batches (or
+      cifar-10-batches-bin/), CIFAR-10; with MNIST IDX files, MNIST (Fashion-MNIST when the
+      path mentions 'fashion').
+    A relative path that does not exist is looked up under the data directory when one is set.
+
+    standardize None means the format's default: true for .npz, .csv and in-memory .npy, false
+    for memory-mapped .npy and image sets (pixels scaled to [0, 1]). test_fraction and seed
+    split sources without a test split of their own. n_samples (a stratified training subsample)
+    applies to image sets only, mmap to .npy only, label_column to CSV only. Every problem
+    raises GdlabError.
+    """
+    # Imported here: readers and presets import this module's helpers.
+    from gdlab.data import presets, readers
+
+    if not isinstance(data, (str, os.PathLike)) or not os.fspath(data):
+        raise GdlabError(f"data must be a file, a directory or a preset name, got {data!r}")
+    text = os.fspath(data)
+    names = sorted([*presets.PRESETS, *presets.LOCAL_DATA_SETS])
+    if text in presets.PRESETS:
+        kind, path = presets.PRESETS[text].data_set, None
+    elif text in presets.LOCAL_DATA_SETS:
+        kind, path = text, None
+    else:
+        kind, path = _source_kind(_resolve(Path(text).expanduser(), data_dir), text, names)
+
+    if mmap and kind != "npy":
+        raise GdlabError(f"mmap applies to .npy data only, not to '{text}'; leave it off")
+    if label_column != -1 and kind not in ("csv", "tsv"):
+        raise GdlabError(f"label_column applies to CSV files only, not to '{text}'; leave it unset")
+    if n_samples is not None and kind not in _IMAGE_SETS:
+        raise GdlabError(
+            f"n_samples applies to tasks and image data sets only, not to '{text}'; subsample the "
+            f"file before loading it, or leave n_samples unset"
+        )
+    if kind in _IMAGE_SETS:
+        if task_type not in (None, "classification"):
+            raise GdlabError(
+                f"'{text}' is a classification data set; leave task_type unset or 'classification'"
+            )
+        options = dict(seed=seed, n_samples=n_samples, standardize=bool(standardize))
+        if path is None and text in presets.PRESETS:
+            return presets.load_preset(text, data_dir, **options)
+        if path is None:
+            return presets.load_local_data_set(kind, data_dir, **options)
+        if kind == "cifar10":
+            return readers.load_cifar10_dir(path, name=name, **options)
+        return readers.load_mnist_dir(path, fashion=kind == "fashion-mnist", name=name, **options)
+    split = dict(name=name, task_type=task_type, seed=seed, test_fraction=test_fraction)
+    if kind == "npy":
+        return readers.load_npy_pair(path, mmap=mmap, standardize=standardize, **split)
+    standardize = True if standardize is None else standardize
+    if kind == "npz":
+        return load_npz(path, standardize=standardize, **split)
+    return readers.load_csv(
+        path,
+        label_column=label_column,
+        delimiter="\t" if kind == "tsv" else ",",
+        standardize=standardize,
+        **split,
     )
