@@ -228,3 +228,18 @@ def test_bad_configs_fail_before_training(overrides, needle):
     with pytest.raises(GdlabError) as info:
         prepare(cfg(**{"task": "digits", **overrides}))
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_deterministic_mode_gives_identical_runs_and_is_restored():
+    """--deterministic: two runs with the same config and seed have identical histories
+    (wall time aside) and parameters; the run records it; torch's global setting is restored."""
+    before = torch.are_deterministic_algorithms_enabled()
+    config = dict(task="digits", model="mlp:64-32-10:relu:dropout=0.2", regime="minibatch",
+                  batch_size=64, max_epochs=2, deterministic=True, log_every=1)
+    a, b = run(cfg(**config)), run(cfg(**config))
+    strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in h]
+    assert strip(a.history) == strip(b.history)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    assert a.environment["deterministic"] is True
+    assert torch.are_deterministic_algorithms_enabled() == before

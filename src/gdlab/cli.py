@@ -82,6 +82,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, help="steps between history records (default ~1000 per run)")
     g.add_argument("--seed", type=int, help="seed for data, initialisation and sample order, default 0")
     g.add_argument("--data-seed", type=int, help="seed for the data and split only (default: --seed)")
+    g.add_argument("--deterministic", action="store_true", default=None,
+                   help="torch deterministic algorithms (error on a nondeterministic kernel), all generators seeded")
     g.add_argument("--device", help="cpu | cuda | cuda:K | auto, default cpu")
     g.add_argument("--dtype", choices=("float32", "float64"), help="parameter and data dtype")
     g = p.add_argument_group("step-size policy and numerical stability")
@@ -107,7 +109,7 @@ _CONFIG_FLAGS = (
     "task", "data", "data_dir", "mmap", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
     "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb",
     "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
-    "log_every", "seed", "data_seed", "device", "dtype", "schedule", "clip_norm", "clip_value",
+    "log_every", "seed", "data_seed", "deterministic", "device", "dtype", "schedule", "clip_norm", "clip_value",
     "nonfinite_policy", "rollback_lr_factor", "max_rollbacks", "health_every", "vanishing_ratio",
     "exploding_factor", "sharpness_every", "sharpness_iters",
 )

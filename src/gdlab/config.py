@@ -65,6 +65,7 @@ class RunConfig:
     log_every: int | None = None
     seed: int = 0
     data_seed: int | None = None
+    deterministic: bool = False
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -151,6 +152,8 @@ class RunConfig:
         _check_int(self, "log_every", minimum=1, optional=True)
         _check_int(self, "seed", minimum=0)
         _check_int(self, "data_seed", minimum=0, optional=True)
+        if not isinstance(self.deterministic, bool):
+            raise GdlabError(f"config field 'deterministic' must be true or false, got {self.deterministic!r}")
         _check_choice(self, "device", ("cpu", "cuda", "auto"), prefix_ok="cuda:")
         _check_choice(self, "dtype", ("float32", "float64"))
         if self.grad_tol is not None and self.regime != "full":

@@ -7,13 +7,15 @@ It sits above both ``engine`` and ``diagnostics`` in the dependency order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import random
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,7 @@ def environment_info(config: RunConfig, device: torch.device) -> dict[str, Any]:
         "seed": config.seed,
         "config_hash": config.config_hash(),
         "world_size": world_size(),
+        "deterministic": config.deterministic,
     }
 
 
@@ -292,13 +295,14 @@ def run(
         policy=config.nonfinite_policy, lr_factor=config.rollback_lr_factor,
         max_rollbacks=config.max_rollbacks, clip_norm=config.clip_norm, clip_value=config.clip_value,
     )
-    outcome = train_loop(
-        net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
-        regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
-        log_every=prepared.log_every, layer_mode=config.layer_mode,
-        callbacks=[*diagnostic_callbacks(config), *callbacks], scheduler=prepared.scheduler,
-        guard=guard, shard=prepared.shard,
-    )
+    with deterministic_mode(config.deterministic, config.seed):
+        outcome = train_loop(
+            net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
+            regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
+            log_every=prepared.log_every, layer_mode=config.layer_mode,
+            callbacks=[*diagnostic_callbacks(config), *callbacks], scheduler=prepared.scheduler,
+            guard=guard, shard=prepared.shard,
+        )
     resolved = config.to_dict()
     resolved.update(
         model=config.model or _default_model(config), loss=prepared.loss_name,
@@ -316,6 +320,28 @@ def run(
         config=resolved, environment=environment_info(config, prepared.device), final=final,
         history=outcome.history, events=outcome.events, diagnostics=outcome.diagnostics, model=net,
     )
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool, seed: int) -> Iterator[None]:
+    """With ``enabled``: torch's deterministic algorithms (an error instead of a silently
+    nondeterministic kernel), cuDNN autotuning off, and the Python, NumPy and torch generators
+    seeded; the previous settings are restored afterwards."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
 
 
 def diagnostic_callbacks(config: RunConfig) -> list[Callback]:
