@@ -100,6 +100,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sharpness-every", type=int, help="top Hessian eigenvalue every K steps")
     g.add_argument("--sharpness-iters", type=int, help="Lanczos iterations (HVPs) per sharpness estimate, default 20")
     g = p.add_argument_group("output")
+    g.add_argument("--checkpoint-every", type=int, help="write DIR/checkpoint.pt every K steps and at the end (needs --out)")
+    g.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR (its config; results go to DIR)")
     g.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
     g.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
@@ -111,7 +113,7 @@ _CONFIG_FLAGS = (
     "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
     "log_every", "seed", "data_seed", "deterministic", "device", "dtype", "schedule", "clip_norm", "clip_value",
     "nonfinite_policy", "rollback_lr_factor", "max_rollbacks", "health_every", "vanishing_ratio",
-    "exploding_factor", "sharpness_every", "sharpness_iters",
+    "exploding_factor", "sharpness_every", "sharpness_iters", "checkpoint_every",
 )
 
 
@@ -221,12 +223,15 @@ def _join_process_group(args: argparse.Namespace, config: RunConfig) -> None:
         args.quiet, args.json, args.out = True, False, None
 
 
-def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = False) -> Any:
+def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = False,
+           resume: dict[str, Any] | None = None) -> Any:
     """Prepare (all validation first), train with a progress bar, save; returns the result."""
     from gdlab.runner import check_output_dir, prepare, run, save_run
 
     _join_process_group(args, config)
     err = _console(stderr=True)
+    if config.checkpoint_every and not args.out:
+        raise GdlabError("--checkpoint-every needs --out DIR (the checkpoint is DIR/checkpoint.pt)")
     if args.out:
         check_output_dir(args.out)
     prepared = prepare(config)
@@ -235,10 +240,10 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
     if not args.quiet:
         with _make_progress(err) as progress:
             cb = _Progress(progress, f"{config.optimizer} / {config.regime}", prepared.expected_steps)
-            result = run(config, callbacks=[cb], prepared=prepared)
+            result = run(config, callbacks=[cb], prepared=prepared, checkpoint_dir=args.out, resume=resume)
             progress.update(cb.task, total=result.final["step"], completed=result.final["step"])
     else:
-        result = run(config, prepared=prepared)
+        result = run(config, prepared=prepared, checkpoint_dir=args.out, resume=resume)
     if args.out:
         save_run(result, args.out)
     return result
@@ -259,9 +264,25 @@ def _print_events(console: Console, events: list[dict[str, Any]]) -> None:
         console.print(f"... and {len(events) - MAX_EVENTS_SHOWN} more events (see --json)")
 
 
+def _config_or_resume(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The config from the flags, or, with --resume DIR, the checkpoint's own config (results are
+    written back to DIR)."""
+    if not args.resume:
+        return config_from_args(args), None
+    from gdlab.checkpoint import read_checkpoint
+
+    given = [name for name in _CONFIG_FLAGS if getattr(args, name, None) is not None]
+    if given or args.config:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given) or "--config"
+        raise GdlabError(f"--resume continues the checkpointed run with its own config; drop {flags}")
+    payload = read_checkpoint(args.resume)
+    args.out = args.resume
+    return RunConfig.from_dict(payload["config"]), payload
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    result = _train(args, config)
+    config, resume = _config_or_resume(args)
+    result = _train(args, config, resume=resume)
     record = result.to_record()
     if args.json:
         print(json.dumps(record))

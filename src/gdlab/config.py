@@ -66,6 +66,7 @@ class RunConfig:
     seed: int = 0
     data_seed: int | None = None
     deterministic: bool = False
+    checkpoint_every: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -152,6 +153,7 @@ class RunConfig:
         _check_int(self, "log_every", minimum=1, optional=True)
         _check_int(self, "seed", minimum=0)
         _check_int(self, "data_seed", minimum=0, optional=True)
+        _check_int(self, "checkpoint_every", minimum=1, optional=True)
         if not isinstance(self.deterministic, bool):
             raise GdlabError(f"config field 'deterministic' must be true or false, got {self.deterministic!r}")
         _check_choice(self, "device", ("cpu", "cuda", "auto"), prefix_ok="cuda:")

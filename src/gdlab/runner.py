@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import gdlab
+from gdlab.checkpoint import rng_state, set_rng_state, write_checkpoint
 from gdlab.config import RunConfig
 from gdlab.data import Dataset, load_data_source, load_task
 from gdlab.data.presets import PRESETS
@@ -34,7 +35,7 @@ from gdlab.engine.gradient import LossFn, auto_chunk_size
 from gdlab.diagnostics.health import HealthThresholds
 from gdlab.distributed import Shard, broadcast_parameters, make_shard, world_size
 from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
-from gdlab.engine.loop import Callback, GuardOptions, StopRules, train_loop
+from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, StopRules, train_loop
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
@@ -273,16 +274,27 @@ def run(
     callbacks: Sequence[Callback] = (),
     model: nn.Module | None = None,
     prepared: PreparedRun | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train as ``config`` says and return the result (record parts plus the trained model).
 
     ``prepared`` (from :func:`prepare` on the same config) skips building the run again. The same
     config and seed on CPU give the same numbers: data, initialisation and sample order are all
     seeded from ``config.seed``; the global torch RNG is seeded too (Dropout draws from it).
+    With ``config.checkpoint_every`` and ``checkpoint_dir`` a checkpoint is written every k steps
+    and at the end; ``resume`` (a checkpoint read by :func:`gdlab.checkpoint.read_checkpoint`)
+    continues a run exactly where its checkpoint left it.
     """
     if prepared is None:
         prepared = prepare(config, model=model)
     torch.manual_seed(config.seed)
+    if resume is not None:
+        _restore(prepared, resume)
+    hook = None
+    if config.checkpoint_every and checkpoint_dir is not None:
+        hook = CheckpointHook(config.checkpoint_every,
+                              lambda state: write_checkpoint(checkpoint_dir, _checkpoint_payload(config, prepared, state)))
     l1, l2 = config.l1, config.l2
     net = prepared.model
     regularizer = (lambda: regularization_term(net, l1=l1, l2=l2)) if (l1 or l2) else None
@@ -301,7 +313,8 @@ def run(
             regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
             log_every=prepared.log_every, layer_mode=config.layer_mode,
             callbacks=[*diagnostic_callbacks(config), *callbacks], scheduler=prepared.scheduler,
-            guard=guard, shard=prepared.shard,
+            guard=guard, shard=prepared.shard, checkpoint=hook,
+            resume=None if resume is None else resume["loop"],
         )
     resolved = config.to_dict()
     resolved.update(
@@ -320,6 +333,33 @@ def run(
         config=resolved, environment=environment_info(config, prepared.device), final=final,
         history=outcome.history, events=outcome.events, diagnostics=outcome.diagnostics, model=net,
     )
+
+
+def _checkpoint_payload(config: RunConfig, prepared: PreparedRun, loop_state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "model": prepared.model.state_dict(),
+        "optimizer": prepared.optimizer.state_dict(),
+        "scheduler": prepared.scheduler.state_dict() if prepared.scheduler is not None else None,
+        "schedule": prepared.schedule.state_dict(),
+        "rng": rng_state(),
+        "loop": loop_state,
+    }
+
+
+def _restore(prepared: PreparedRun, payload: dict[str, Any]) -> None:
+    """Load a checkpoint's states into a freshly prepared run (GdlabError on a mismatch)."""
+    try:
+        prepared.model.load_state_dict(payload["model"])
+        prepared.optimizer.load_state_dict(payload["optimizer"])
+        if prepared.scheduler is not None and payload.get("scheduler") is not None:
+            prepared.scheduler.load_state_dict(payload["scheduler"])
+        prepared.schedule.load_state_dict(payload["schedule"])
+        set_rng_state(payload["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise GdlabError(f"the checkpoint does not match this run's model or optimizer ({first}); "
+                         "resume with the checkpoint's own directory") from None
 
 
 @contextlib.contextmanager

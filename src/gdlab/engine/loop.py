@@ -140,6 +140,14 @@ class Callback:
 
 
 @dataclass
+class CheckpointHook:
+    """Save the loop state every ``every`` updates through ``save(state)``."""
+
+    every: int
+    save: Callable[[dict[str, Any]], None]
+
+
+@dataclass
 class LoopOutcome:
     """What the loop returns: the final record, the history, the events and diagnostics series."""
 
@@ -214,6 +222,8 @@ def train_loop(
     scheduler: Any = None,
     guard: GuardOptions | None = None,
     shard: Shard | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> LoopOutcome:
     """Train ``model`` on ``data`` (tensors already on the model's device) until a stop rule fires.
 
@@ -221,6 +231,10 @@ def train_loop(
     :func:`full_batch_loss_and_grad` (chunked); the non-finite guard; diagnostics callbacks;
     clipping; ``optimizer.step()`` (or the line search's ``step(closure)``); ``scheduler.step()``.
     Returns the final record, the history, the events and the diagnostics series.
+
+    ``checkpoint.save(loop_state)`` is called every ``checkpoint.every`` updates with the loop's
+    counters and records; passing such a state back as ``resume`` (with the model, optimizer,
+    scheduler, sample schedule and RNG restored by the caller) continues the run exactly.
 
     With ``shard`` (a torch.distributed job) ``data`` holds this rank's rows only; gradients,
     losses and counts are summed over ranks (see :mod:`gdlab.distributed`), so every rank takes
@@ -238,17 +252,24 @@ def train_loop(
     full_objective = FullBatchObjective(model, loss_fn, X, y, chunk_size=chunk_size,
                                         regularizer=regularizer, params=params)
 
-    history: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    diagnostics: dict[str, list[dict[str, Any]]] = {}
-    samples = 0
-    train_time = 0.0
-    step = 0
-    first_loss: float | None = None
+    resumed = resume or {}
+    history: list[dict[str, Any]] = list(resumed.get("history", []))
+    events: list[dict[str, Any]] = list(resumed.get("events", []))
+    diagnostics: dict[str, list[dict[str, Any]]] = dict(resumed.get("diagnostics", {}))
+    samples = int(resumed.get("samples", 0))
+    train_time = float(resumed.get("train_time", 0.0))
+    step = int(resumed.get("step", 0))
+    first_loss: float | None = resumed.get("first_loss")
     status, reason = "completed", "max_steps"
     snapshot = _Snapshot(with_optimizer=guard.policy == "rollback") if guard.policy in ("rollback", "stop") else None
-    rollbacks = 0
-    clip_factors: list[float] = []
+    rollbacks = int(resumed.get("rollbacks", 0))
+    clip_factors: list[float] = list(resumed.get("clip_factors", []))
+
+    def loop_state() -> dict[str, Any]:
+        """Everything the loop needs to continue exactly where it is (for checkpoints)."""
+        return {"step": step, "samples": samples, "train_time": train_time, "first_loss": first_loss,
+                "rollbacks": rollbacks, "clip_factors": list(clip_factors), "history": list(history),
+                "events": list(events), "diagnostics": {k: list(v) for k, v in diagnostics.items()}}
 
     def measured(fn: Callable[[], Any]) -> Any:
         model.train(False)
@@ -414,9 +435,13 @@ def train_loop(
             info = StepInfo(step, samples / n, train_time, res.loss, gnorm, lr)
             for cb in callbacks:
                 cb.on_step(info)
+            if checkpoint is not None and step % checkpoint.every == 0:
+                checkpoint.save(loop_state())
     except KeyboardInterrupt:
         status, reason = "stopped", "interrupted"
         events.append({"step": step, "kind": "interrupted", "detail": "stopped by the user (Ctrl-C)"})
+    if checkpoint is not None:
+        checkpoint.save(loop_state())
 
     final = final_record(
         model, data, loss_fn, params, regularizer=regularizer, chunk_size=chunk_size,
