@@ -110,3 +110,28 @@ def test_bad_checkpoints_are_user_errors(tmp_path, content):
     with pytest.raises(GdlabError) as info:
         read_checkpoint(tmp_path if content != b"" else tmp_path / "missing")
     assert "\n" not in str(info.value)
+
+
+def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
+    """A process rewriting a large checkpoint in a loop is SIGKILLed at several moments: every
+    time, the checkpoint on disk loads (the previous or the new one, never a torn one)."""
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from gdlab.checkpoint import write_checkpoint\n"
+        "i = 0\n"
+        "while True:\n"
+        "    write_checkpoint(sys.argv[1], {'config': {}, 'loop': {'step': i}, 'w': torch.full((2_000_000,), float(i))})\n"
+        "    i += 1\n"
+    )
+    for delay in (0.3, 0.55, 0.8, 1.1):
+        d = tmp_path / f"ck{delay}"
+        proc = subprocess.Popen([sys.executable, str(script), str(d)])
+        deadline = time.time() + 60
+        while not (d / CHECKPOINT_NAME).exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        payload = read_checkpoint(d)
+        assert float(payload["w"][0]) == float(payload["loop"]["step"]) == float(payload["w"][-1])

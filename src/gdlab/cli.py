@@ -226,7 +226,7 @@ def _join_process_group(args: argparse.Namespace, config: RunConfig) -> None:
 def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = False,
            resume: dict[str, Any] | None = None) -> Any:
     """Prepare (all validation first), train with a progress bar, save; returns the result."""
-    from gdlab.runner import check_output_dir, prepare, run, save_run
+    from gdlab.runner import check_output_dir, prepare, restore, run, save_run
 
     _join_process_group(args, config)
     err = _console(stderr=True)
@@ -235,6 +235,8 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
     if args.out:
         check_output_dir(args.out)
     prepared = prepare(config)
+    if resume is not None:
+        restore(prepared, resume)
     if auto_sharpness and config.sharpness_every is None:
         config.sharpness_every = max(1, (prepared.expected_steps or 200) // 20)
     if not args.quiet:

@@ -10,7 +10,12 @@ class GdlabError(Exception):
     """A user mistake (bad config, data, CLI argument or file).
 
     The message is one line that names the problem and the fix; the CLI prints it and exits 2.
+    Line breaks that come from user input (a key or a cell holding a newline) are escaped, so the
+    message stays on one line.
     """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

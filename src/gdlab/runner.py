@@ -65,6 +65,7 @@ class PreparedRun:
     log_every: int
     expected_steps: int | None
     shard: Shard | None = None
+    restored: bool = False
 
 
 @dataclass
@@ -289,8 +290,8 @@ def run(
     if prepared is None:
         prepared = prepare(config, model=model)
     torch.manual_seed(config.seed)
-    if resume is not None:
-        _restore(prepared, resume)
+    if resume is not None and not prepared.restored:
+        restore(prepared, resume)
     hook = None
     if config.checkpoint_every and checkpoint_dir is not None:
         hook = CheckpointHook(config.checkpoint_every,
@@ -347,7 +348,7 @@ def _checkpoint_payload(config: RunConfig, prepared: PreparedRun, loop_state: di
     }
 
 
-def _restore(prepared: PreparedRun, payload: dict[str, Any]) -> None:
+def restore(prepared: PreparedRun, payload: dict[str, Any]) -> None:
     """Load a checkpoint's states into a freshly prepared run (GdlabError on a mismatch)."""
     try:
         prepared.model.load_state_dict(payload["model"])
@@ -356,6 +357,7 @@ def _restore(prepared: PreparedRun, payload: dict[str, Any]) -> None:
             prepared.scheduler.load_state_dict(payload["scheduler"])
         prepared.schedule.load_state_dict(payload["schedule"])
         set_rng_state(payload["rng"])
+        prepared.restored = True
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = " ".join(str(exc).split())[:200]
         raise GdlabError(f"the checkpoint does not match this run's model or optimizer ({first}); "
