@@ -63,8 +63,10 @@ def world(tmp_path_factory):
     # an earlier run and a store that no mistake may touch
     assert main(["train", "--task", "iris", "--steps", "2", "--quiet", "--out", str(d / "earlier"),
                  "--checkpoint-every", "1"]) == 0
-    (d / "runs").mkdir()
-    (d / "runs" / "gdlab.db").write_bytes(b"")
+    from gdlab.store import RunStore
+
+    with RunStore(d / "runs" / "gdlab.db") as store:
+        store.save_study("kept", {"name": "kept"})
     ck3 = d / "ck_other_model"
     ck3.mkdir()
     payload = torch.load(d / "earlier" / "checkpoint.pt", weights_only=True)

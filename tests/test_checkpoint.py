@@ -135,3 +135,18 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path)
         proc.wait()
         payload = read_checkpoint(d)
         assert float(payload["w"][0]) == float(payload["loop"]["step"]) == float(payload["w"][-1])
+
+
+def test_disk_full_while_saving_a_run_is_a_clear_error(tmp_path, monkeypatch):
+    """--out on a full disk: GdlabError naming the directory, and no half-written run directory."""
+    from gdlab.runner import save_run
+
+    result = run(RunConfig.from_dict(dict(task="iris", steps=2)))
+
+    def full_disk(obj, f, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(GdlabError, match="No space left on device"):
+        save_run(result, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

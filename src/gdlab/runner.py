@@ -431,6 +431,10 @@ def save_run(result: RunResult, out_dir: str | Path) -> Path:
         out.mkdir(exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
+    except OSError as exc:
+        raise GdlabError(
+            f"cannot save the run to '{out}' ({exc.strerror or exc}); free space or choose another --out"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
