@@ -357,12 +357,8 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     obj = prepared.data
     model = prepared.model
     model.train(False)
-    l1, l2 = prepared.config.l1, prepared.config.l2
-    from gdlab.optim import regularization_term
-
-    reg = (lambda: regularization_term(model, l1=l1, l2=l2)) if (l1 or l2) else None
     op = HessianOperator(model, prepared.loss_fn, obj.X_train, obj.y_train,
-                         chunk_size=prepared.chunk_size, regularizer=reg)
+                         chunk_size=prepared.chunk_size, regularizer=prepared.regularizer)
     eig = lanczos(op, k=args.k, iters=args.iters, seed=prepared.config.seed)
     trace = hutchinson_trace(op, samples=50, seed=prepared.config.seed) if args.trace else None
     lr = prepared.config.lr

@@ -15,7 +15,7 @@ import platform
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class PreparedRun:
     model: nn.Module
     loss_fn: LossFn
     loss_name: str
+    model_spec: str
+    regularizer: Callable[[], torch.Tensor] | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
     schedule: SampleSchedule
@@ -265,6 +267,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
     log_every = config.log_every or max(1, (expected or schedule.steps_per_epoch * 10) // AUTO_HISTORY_RECORDS)
     return PreparedRun(
         config=config, device=device, data=data, model=built, loss_fn=loss_fn, loss_name=loss_name,
+        model_spec=spec, regularizer=make_regularizer(built, config.l1, config.l2),
         optimizer=optimizer, scheduler=scheduler, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
         log_every=log_every, expected_steps=expected, shard=shard,
     )
@@ -296,9 +299,8 @@ def run(
     if config.checkpoint_every and checkpoint_dir is not None:
         hook = CheckpointHook(config.checkpoint_every,
                               lambda state: write_checkpoint(checkpoint_dir, _checkpoint_payload(config, prepared, state)))
-    l1, l2 = config.l1, config.l2
     net = prepared.model
-    regularizer = (lambda: regularization_term(net, l1=l1, l2=l2)) if (l1 or l2) else None
+    regularizer = prepared.regularizer
     stop = StopRules(
         max_steps=config.steps, max_epochs=config.max_epochs, loss_tol=config.loss_tol,
         grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
@@ -319,7 +321,7 @@ def run(
         )
     resolved = config.to_dict()
     resolved.update(
-        model=config.model or _default_model(config), loss=prepared.loss_name,
+        model=prepared.model_spec, loss=prepared.loss_name,
         batch_size=prepared.schedule.batch_size, chunk_size=prepared.chunk_size,
         eval_every=prepared.eval_every, log_every=prepared.log_every,
     )
@@ -334,6 +336,13 @@ def run(
         config=resolved, environment=environment_info(config, prepared.device), final=final,
         history=outcome.history, events=outcome.events, diagnostics=outcome.diagnostics, model=net,
     )
+
+
+def make_regularizer(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
+    """R(theta) of ``model`` as a closure for the engine, or None when both coefficients are 0."""
+    if not (l1 or l2):
+        return None
+    return lambda: regularization_term(model, l1=l1, l2=l2)
 
 
 def _checkpoint_payload(config: RunConfig, prepared: PreparedRun, loop_state: dict[str, Any]) -> dict[str, Any]:
@@ -397,11 +406,6 @@ def diagnostic_callbacks(config: RunConfig) -> list[Callback]:
     if config.sharpness_every:
         callbacks.append(SharpnessCallback(config.sharpness_every, config.sharpness_iters, seed=config.seed))
     return callbacks
-
-
-def _default_model(config: RunConfig) -> str:
-    task = task_defaults(config)
-    return task.default_model if task else "linear"
 
 
 def check_output_dir(out_dir: str | Path) -> Path:

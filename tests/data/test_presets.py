@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gdlab.data import DATA_DIR_ENV, PRESETS, load_data_source, load_preset, list_presets
-from gdlab.data.presets import LOCAL_DATA_SETS, load_local_data_set
+from gdlab.data.presets import load_local_data_set
 from gdlab.errors import GdlabError
 from gdlab.models import build_model
 

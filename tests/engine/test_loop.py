@@ -29,11 +29,9 @@ def first_nonfinite_step(lr, steps):
     gradient is not finite."""
     data = load_task("linreg", seed=0)
     run0 = run(cfg(task="linreg", steps=0))
-    w = run0.model.linear.weight.detach().clone().double()
-    b = run0.model.linear.bias.detach().clone().double()
-    X, y = data.X_train.double(), data.y_train.double()
-    w, b = w.float(), b.float()
-    X, y = X.float(), y.float()
+    w = run0.model.linear.weight.detach().clone()
+    b = run0.model.linear.bias.detach().clone()
+    X, y = data.X_train, data.y_train
     for s in range(steps):
         r = X @ w.T + b - y
         loss = 0.5 * (r**2).sum(dim=1).mean()

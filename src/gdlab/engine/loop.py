@@ -49,9 +49,6 @@ from gdlab.engine.regimes import SampleSchedule
 from gdlab.optim.clipping import clip_gradients
 from gdlab.optim.linesearch import ArmijoLineSearch
 
-STATUSES = ("completed", "diverged", "stopped", "time_budget", "target_reached")
-GUARD_POLICIES = ("rollback", "stop", "raise")
-
 
 class NonFiniteError(RuntimeError):
     """Raised by guard policy ``raise`` when the loss or gradient stops being finite."""

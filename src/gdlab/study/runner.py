@@ -13,11 +13,9 @@ import concurrent.futures as cf
 import math
 import multiprocessing
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gdlab.errors import WorkerDiedError
 from gdlab.store import RunStore, StoredRun
