@@ -24,7 +24,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 tests
 
+# Every benchmark prints its table and writes benchmarks/results/NAME.json (see benchmarks/RESULTS.md).
 bench: setup
+	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/fastpath.py
+	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/sharpness.py
 	$(BIN)/python benchmarks/distributed.py
 

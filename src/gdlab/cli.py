@@ -68,8 +68,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--regime", help="full | minibatch | stochastic, default full")
     g.add_argument("--batch-size", type=int, help="rows per step for minibatch, default 32")
     g.add_argument("--last-batch", choices=("keep", "drop"), help="partial last batch of an epoch")
-    g.add_argument("--chunk-size", type=int, help="rows per forward/backward pass (default: from memory budget)")
+    g.add_argument("--chunk-size", type=int,
+                   help="rows per forward/backward pass (default: calibrated within the memory budget)")
     g.add_argument("--memory-budget-mb", type=float, help="activation memory per chunk, default 256")
+    g.add_argument("--compile", choices=("auto", "on", "off"),
+                   help="compiled fast path for full-batch runs: auto (when it repays compiling), on, off")
     g.add_argument("--l1", type=float, help="L1 penalty coefficient (part of the objective)")
     g.add_argument("--l2", type=float, help="L2 penalty coefficient: (l2/2)*||w||^2 (part of the objective)")
     g = p.add_argument_group("stopping and logging")
@@ -84,8 +87,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-seed", type=int, help="seed for the data and split only (default: --seed)")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="torch deterministic algorithms (error on a nondeterministic kernel), all generators seeded")
-    g.add_argument("--device", help="cpu | cuda | cuda:K | auto, default cpu")
+    g.add_argument("--device", help="cpu | cuda | cuda:K | mps | auto (CUDA, else MPS, else CPU), default cpu")
     g.add_argument("--dtype", choices=("float32", "float64"), help="parameter and data dtype")
+    g.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="float32 | float64 (parameters and data) | bf16 (float32 parameters, bf16 autocast forward)")
+    g.add_argument("--accumulate", choices=("float32", "float64"),
+                   help="dtype the full-batch gradient and loss are summed in across chunks (default: parameters')")
     g = p.add_argument_group("step-size policy and numerical stability")
     g.add_argument("--schedule", help="lr schedule: constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:T[:MIN]], warmup:W[+REST]")
     g.add_argument("--clip-norm", type=float, help="clip the gradient to this global 2-norm")
@@ -109,9 +116,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 _CONFIG_FLAGS = (
     "task", "data", "data_dir", "mmap", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
-    "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb",
+    "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb", "compile",
     "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
-    "log_every", "seed", "data_seed", "deterministic", "device", "dtype", "schedule", "clip_norm", "clip_value",
+    "log_every", "seed", "data_seed", "deterministic", "device", "dtype", "accumulate", "schedule", "clip_norm",
+    "clip_value",
     "nonfinite_policy", "rollback_lr_factor", "max_rollbacks", "health_every", "vanishing_ratio",
     "exploding_factor", "sharpness_every", "sharpness_iters", "checkpoint_every",
 )
@@ -130,6 +138,10 @@ def _parse_opt(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+# --precision NAME -> the config's (dtype, autocast).
+PRECISIONS = {"float32": ("float32", None), "float64": ("float64", None), "bf16": ("float32", "bfloat16")}
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Merge a config file (if any) with the flags given on the command line and validate."""
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
@@ -137,6 +149,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
+    precision = getattr(args, "precision", None)
+    if precision is not None:
+        dtype, autocast = PRECISIONS[precision]
+        if args.dtype is not None and args.dtype != dtype:
+            raise GdlabError(f"--precision {precision} uses {dtype} parameters but --dtype {args.dtype} "
+                             "was given; drop one of them")
+        data["dtype"], data["autocast"] = dtype, autocast
     params = dict(data.get("optimizer_params") or {})
     if args.momentum is not None:
         params["momentum"] = args.momentum
@@ -273,7 +292,7 @@ def _config_or_resume(args: argparse.Namespace) -> tuple[RunConfig, dict[str, An
         return config_from_args(args), None
     from gdlab.checkpoint import read_checkpoint
 
-    given = [name for name in _CONFIG_FLAGS if getattr(args, name, None) is not None]
+    given = [name for name in (*_CONFIG_FLAGS, "precision") if getattr(args, name, None) is not None]
     if given or args.config:
         flags = ", ".join("--" + n.replace("_", "-") for n in given) or "--config"
         raise GdlabError(f"--resume continues the checkpointed run with its own config; drop {flags}")

@@ -22,7 +22,14 @@ DEFAULT_STEPS = 100
 @dataclass
 class RunConfig:
     """Everything that defines one training run. Units: learning rate per step, time in seconds,
-    memory in MiB, epochs in gradient evaluations / N."""
+    memory in MiB, epochs in gradient evaluations / N.
+
+    Precision: ``dtype`` is the parameters' and the data's dtype; ``autocast`` (``"bfloat16"`` or
+    None) runs the forward passes under ``torch.autocast`` with float32 parameters; ``accumulate``
+    (None = the parameters' dtype, ``"float32"`` or ``"float64"``, never bf16) is the dtype in
+    which the full-batch gradient and loss are summed across chunks. ``gdlab train --precision
+    float32|float64|bf16`` sets ``dtype`` and ``autocast`` together.
+    """
 
     task: str = "digits"
     data: str | None = None
@@ -67,8 +74,11 @@ class RunConfig:
     data_seed: int | None = None
     deterministic: bool = False
     checkpoint_every: int | None = None
+    compile: str = "auto"
     device: str = "cpu"
     dtype: str = "float32"
+    autocast: str | None = None
+    accumulate: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
@@ -154,10 +164,16 @@ class RunConfig:
         _check_int(self, "seed", minimum=0)
         _check_int(self, "data_seed", minimum=0, optional=True)
         _check_int(self, "checkpoint_every", minimum=1, optional=True)
+        _check_choice(self, "compile", ("auto", "on", "off"))
         if not isinstance(self.deterministic, bool):
             raise GdlabError(f"config field 'deterministic' must be true or false, got {self.deterministic!r}")
-        _check_choice(self, "device", ("cpu", "cuda", "auto"), prefix_ok="cuda:")
+        _check_choice(self, "device", ("cpu", "cuda", "mps", "auto"), prefix_ok="cuda:")
+        if self.device.startswith("cuda:") and not self.device[5:].isdigit():
+            raise GdlabError(
+                f"config field 'device' must be cuda:K with K a GPU index such as cuda:0, got {self.device!r}"
+            )
         _check_choice(self, "dtype", ("float32", "float64"))
+        _check_precision(self)
         if self.grad_tol is not None and self.regime != "full":
             raise GdlabError(
                 "grad_tol tests the full-batch gradient norm, which only regime 'full' computes; "
@@ -165,6 +181,23 @@ class RunConfig:
             )
         if self.steps is None and self.max_epochs is None and self.time_budget_s is None:
             self.steps = DEFAULT_STEPS
+
+
+def _check_precision(cfg: RunConfig) -> None:
+    """autocast and accumulate: known names, and consistent with the parameters' dtype."""
+    if cfg.autocast is not None:
+        _check_choice(cfg, "autocast", ("bfloat16",))
+        if cfg.dtype != "float32":
+            raise GdlabError(
+                f"autocast 'bfloat16' needs float32 parameters, but dtype is '{cfg.dtype}'; "
+                "use --precision bf16 (float32 parameters) or drop autocast"
+            )
+    if cfg.accumulate is not None:
+        _check_choice(cfg, "accumulate", ("float32", "float64"))
+        if cfg.accumulate == "float32" and cfg.dtype == "float64":
+            raise GdlabError(
+                "accumulate 'float32' would round float64 gradients; use --accumulate float64 or drop it"
+            )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import platform
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,18 +32,33 @@ from gdlab.config import RunConfig
 from gdlab.data import Dataset, load_data_source, load_task
 from gdlab.data.presets import PRESETS
 from gdlab.data.tasks import TASKS
-from gdlab.engine.gradient import LossFn, auto_chunk_size
+from gdlab.engine.calibrate import ChunkChoice
+from gdlab.engine.gradient import LossFn, chunk_choice
 from gdlab.diagnostics.health import HealthThresholds
 from gdlab.distributed import Shard, broadcast_parameters, make_shard, world_size
 from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
-from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, StopRules, train_loop
+from gdlab.engine.fast import (
+    AUTO_COMPILE_MIN_S,
+    FastPathChoice,
+    StepFunctions,
+    block_length,
+    blocker,
+    eager_step_time,
+    fast_train_loop,
+    try_compile,
+    warn_fallback,
+)
+from gdlab.engine.functional import FunctionalObjective
+from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, LoopOutcome, StopRules, train_loop
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
 from gdlab.optim import build_optimizer, get_loss, loss_output_dim, regularization_term
+from gdlab.optim.functional import functional_rule
 from gdlab.optim.schedules import build_scheduler
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 AUTO_HISTORY_RECORDS = 1000
 AUTO_EVALUATIONS = 50
 
@@ -68,6 +84,7 @@ class PreparedRun:
     expected_steps: int | None
     shard: Shard | None = None
     restored: bool = False
+    chunk: ChunkChoice | None = None
 
 
 @dataclass
@@ -110,17 +127,52 @@ def _json_safe(value: Any, where: str, events: list[dict[str, Any]]) -> Any:
     return value
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:K`` or ``auto`` (CUDA when available) as a torch.device."""
+    """``cpu``, ``cuda``, ``cuda:K``, ``mps`` or ``auto`` (CUDA, else MPS, else CPU) as a
+    torch.device; GdlabError when the device asked for is not available."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GdlabError(f"device '{name}' was requested but no CUDA GPU is available; use --device cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GdlabError(f"device '{name}' was requested but no CUDA GPU is available; use --device cpu or auto")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise GdlabError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not _mps_available():
+        raise GdlabError(
+            "device 'mps' was requested but Apple's MPS backend is not available; use --device cpu or auto"
+        )
     return torch.device(name)
 
 
-def environment_info(config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """Versions, device, threads, seed and config hash: what a run needs to be reproduced."""
+def precision_name(config: RunConfig) -> str:
+    """The precision a run computes in: ``bf16`` (float32 parameters, bf16 autocast) or its dtype."""
+    return "bf16" if config.autocast == "bfloat16" else config.dtype
+
+
+def precision_dtypes(config: RunConfig) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """The engine's ``autocast`` and ``accumulate`` dtypes from the config (None: not set)."""
+    autocast = AUTOCAST_DTYPES[config.autocast] if config.autocast else None
+    accumulate = DTYPES[config.accumulate] if config.accumulate else None
+    return autocast, accumulate
+
+
+def environment_info(config: RunConfig, device: torch.device, chunk: ChunkChoice | None = None) -> dict[str, Any]:
+    """Versions, device, threads, seed and config hash: what a run needs to be reproduced; the
+    precision, and the chunk size with how it was chosen (``chunk``: given, memory, calibrated,
+    cache; ``chunk_calibrated``: chosen by timing on this machine)."""
+    chunk_info = {} if chunk is None else {
+        "chunk_size": chunk.size, "chunk_source": chunk.source, "chunk_calibrated": chunk.calibrated,
+        "chunk_choice_s": chunk.seconds, **({"chunk_note": chunk.reason} if chunk.reason else {}),
+    }
     return {
         "gdlab": gdlab.__version__,
         "torch": torch.__version__,
@@ -134,6 +186,9 @@ def environment_info(config: RunConfig, device: torch.device) -> dict[str, Any]:
         "config_hash": config.config_hash(),
         "world_size": world_size(),
         "deterministic": config.deterministic,
+        "precision": precision_name(config),
+        "accumulate": config.accumulate or config.dtype,
+        **chunk_info,
     }
 
 
@@ -162,7 +217,7 @@ def load_data(config: RunConfig) -> Dataset:
     if source is not None:
         data = load_data_source(
             source, config.data_dir, seed=config.data_seed_value, test_fraction=config.test_fraction,
-            standardize=config.standardize, n_samples=config.n_samples, mmap=config.mmap,
+            standardize=config.standardize, n_samples=config.n_samples, mmap=config.mmap, dtype=dtype,
         )
         return data.to(dtype=dtype)
     if config.task not in TASKS:
@@ -251,7 +306,13 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
         config.regime, n_train, batch_size=config.batch_size, last_batch=config.last_batch,
         seed=config.seed + 1,
     )
-    chunk = config.chunk_size or auto_chunk_size(built, data.X_train, config.memory_budget_mb)
+    # Calibration times candidate chunk sizes; a deterministic run must not depend on timing.
+    chunk_info = chunk_choice(
+        built, loss_fn, data.X_train, data.y_train, chunk_size=config.chunk_size,
+        memory_budget_mb=config.memory_budget_mb, autocast=precision_dtypes(config)[0],
+        calibrate=not config.deterministic,
+    )
+    chunk = chunk_info.size
     if config.layer_mode == "train" and any(isinstance(m, _BatchNorm) for m in built.modules()):
         rest = schedule.n % schedule.batch_size if schedule.last_batch == "keep" else 0
         smallest = min(chunk, schedule.batch_size, rest or schedule.batch_size)
@@ -269,7 +330,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
         config=config, device=device, data=data, model=built, loss_fn=loss_fn, loss_name=loss_name,
         model_spec=spec, regularizer=make_regularizer(built, config.l1, config.l2),
         optimizer=optimizer, scheduler=scheduler, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
-        log_every=log_every, expected_steps=expected, shard=shard,
+        log_every=log_every, expected_steps=expected, shard=shard, chunk=chunk_info,
     )
 
 
@@ -310,15 +371,33 @@ def run(
         policy=config.nonfinite_policy, lr_factor=config.rollback_lr_factor,
         max_rollbacks=config.max_rollbacks, clip_norm=config.clip_norm, clip_value=config.clip_value,
     )
+    all_callbacks = [*diagnostic_callbacks(config), *callbacks]
+    autocast, accumulate = precision_dtypes(config)
+    fast, choice = plan_fast_path(config, prepared, all_callbacks, resume=resume is not None,
+                                  checkpoints=hook is not None)
     with deterministic_mode(config.deterministic, config.seed):
-        outcome = train_loop(
-            net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
-            regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
-            log_every=prepared.log_every, layer_mode=config.layer_mode,
-            callbacks=[*diagnostic_callbacks(config), *callbacks], scheduler=prepared.scheduler,
-            guard=guard, shard=prepared.shard, checkpoint=hook,
-            resume=None if resume is None else resume["loop"],
-        )
+        if fast is not None:
+            outcome = fast_train_loop(
+                net, prepared.data, prepared.loss_fn, fast, stop, lr=config.lr,
+                lr_schedule=_lr_sequence(config, prepared.expected_steps), chunk_size=prepared.chunk_size,
+                eval_every=prepared.eval_every, log_every=prepared.log_every, layer_mode=config.layer_mode,
+                callbacks=all_callbacks, guard=guard, regularizer=regularizer,
+            )
+        else:
+            outcome = train_loop(
+                net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
+                regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
+                log_every=prepared.log_every, layer_mode=config.layer_mode, callbacks=all_callbacks,
+                scheduler=prepared.scheduler, guard=guard, shard=prepared.shard, checkpoint=hook,
+                resume=None if resume is None else resume["loop"], autocast=autocast, accumulate=accumulate,
+            )
+    return make_result(config, prepared, outcome, choice.to_record())
+
+
+def make_result(config: RunConfig, prepared: PreparedRun, outcome: LoopOutcome, engine: dict[str, Any]) -> RunResult:
+    """The run record's parts (config with resolved defaults, environment, final, history, events,
+    diagnostics) and the trained model, from a finished loop; ``engine`` says how it ran."""
+    net = prepared.model
     resolved = config.to_dict()
     resolved.update(
         model=prepared.model_spec, loss=prepared.loss_name,
@@ -331,11 +410,79 @@ def run(
         n_train=shard.n_train if shard else prepared.data.n_train,
         n_test=shard.n_test if shard else prepared.data.n_test,
         parameters=sum(p.numel() for p in net.parameters()),
+        engine=engine,
     )
     return RunResult(
-        config=resolved, environment=environment_info(config, prepared.device), final=final,
+        config=resolved, environment=environment_info(config, prepared.device, prepared.chunk), final=final,
         history=outcome.history, events=outcome.events, diagnostics=outcome.diagnostics, model=net,
     )
+
+
+def plan_fast_path(
+    config: RunConfig, prepared: PreparedRun, callbacks: Sequence[Callback], *, resume: bool, checkpoints: bool
+) -> tuple[StepFunctions | None, FastPathChoice]:
+    """Decide between the compiled fast path and the eager loop (``config.compile``).
+
+    ``off``: eager. ``on``: compiled, a GdlabError when the configuration is outside what the fast
+    path covers, and a warning plus the eager loop when compilation fails. ``auto``: compiled only
+    when the run is eligible, not ``deterministic``, long enough that compiling can pay back
+    (estimated eager time >= AUTO_COMPILE_MIN_S seconds, from a measured gradient) and a
+    measured compiled step is faster than an eager gradient."""
+    if config.compile == "off":
+        return None, FastPathChoice("eager", "--compile off")
+    schedule = config.schedule if config.schedule not in (None, "constant") else None
+    reason = blocker(
+        regime=config.regime, optimizer=config.optimizer, model=prepared.model, layer_mode=config.layer_mode,
+        schedule=schedule, policy=config.nonfinite_policy, callbacks=callbacks,
+        distributed=prepared.shard is not None, checkpoints=checkpoints, resume=resume,
+        autocast=config.autocast or (config.accumulate if config.accumulate not in (None, config.dtype) else None),
+    )
+    if reason is None and schedule and prepared.expected_steps is None:
+        reason = "a learning-rate schedule without a step budget needs the eager loop"
+    if reason is not None:
+        if config.compile == "on":
+            raise GdlabError(f"--compile on: the compiled fast path cannot run this configuration: "
+                             f"{reason}; use --compile auto or off")
+        return None, FastPathChoice("eager", reason)
+    data = prepared.data
+    eager_s = None
+    if config.compile == "auto":
+        if config.deterministic:
+            return None, FastPathChoice("eager", "deterministic runs use the eager loop")
+        eager_s = eager_step_time(prepared.model, prepared.loss_fn, data.X_train, data.y_train, prepared.chunk_size)
+        budget = [t for t in ((prepared.expected_steps or 0) * eager_s, config.time_budget_s) if t]
+        estimate = min(budget) if budget else 0.0
+        if estimate < AUTO_COMPILE_MIN_S:
+            return None, FastPathChoice(
+                "eager", f"the run is too short to repay compiling (about {estimate:.2g} s eager, "
+                         f"compiling pays from about {AUTO_COMPILE_MIN_S:g} s)", step_s={"eager": eager_s})
+    objective = FunctionalObjective(prepared.model, prepared.loss_fn, prepared.chunk_size, config.l1, config.l2)
+    rule = functional_rule(config.optimizer, config.lr, **config.optimizer_params)
+    fns = StepFunctions(objective, rule, block_length(prepared.eval_every), config.clip_norm, config.clip_value)
+    params = objective.initial()
+    choice = try_compile(fns, params, rule.init(params), config.lr, data.X_train, data.y_train,
+                         eager_step_s=eager_s)
+    if choice.path != "compiled":
+        if config.compile == "on":
+            warn_fallback(choice)
+        return None, choice
+    return fns, choice
+
+
+def _lr_sequence(config: RunConfig, steps: int | None) -> list[float] | None:
+    """The learning rate of each step 0..steps under the config's schedule (None: constant)."""
+    if config.schedule in (None, "constant") or steps is None:
+        return None
+    probe = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([probe], lr=config.lr)
+    scheduler = build_scheduler(config.schedule, optimizer, steps)
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping a scheduler without optimizer.step()
+        for _ in range(steps + 1):
+            lrs.append(float(optimizer.param_groups[0]["lr"]))
+            scheduler.step()
+    return lrs
 
 
 def make_regularizer(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
@@ -354,6 +501,7 @@ def _checkpoint_payload(config: RunConfig, prepared: PreparedRun, loop_state: di
         "schedule": prepared.schedule.state_dict(),
         "rng": rng_state(),
         "loop": loop_state,
+        "chunk_size": prepared.chunk_size,
     }
 
 
@@ -366,6 +514,10 @@ def restore(prepared: PreparedRun, payload: dict[str, Any]) -> None:
             prepared.scheduler.load_state_dict(payload["scheduler"])
         prepared.schedule.load_state_dict(payload["schedule"])
         set_rng_state(payload["rng"])
+        # A calibrated chunk size may differ on resume; the checkpointed one keeps the run exact.
+        if payload.get("chunk_size") and payload["chunk_size"] != prepared.chunk_size:
+            prepared.chunk_size = int(payload["chunk_size"])
+            prepared.chunk = ChunkChoice(prepared.chunk_size, "checkpoint")
         prepared.restored = True
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         first = " ".join(str(exc).split())[:200]

@@ -217,3 +217,21 @@ def test_nan_is_reported_at_its_row_in_the_file(tmp_path):
     """The NaN written at row 7 is reported at row 7, before the split reorders rows."""
     with pytest.raises(GdlabError, match="first at row 7"):
         load_npz(make_nan(tmp_path / "nan.npz"))
+
+
+def test_float64_runs_read_npz_and_csv_without_a_float32_detour(tmp_path):
+    """0.1 is not a float32 number: a float64 run must see the file's 0.1 exactly (the reader
+    converts from float64 to the run's dtype once), a float32 run float32(0.1)."""
+    from gdlab.config import RunConfig
+    from gdlab.runner import prepare
+
+    npz = tmp_path / "a.npz"
+    np.savez(npz, X=np.full((4, 1), 0.1), y=np.full((4, 1), 0.1))
+    csv = tmp_path / "a.csv"
+    csv.write_text("x,y\n0.1,0.1\n0.1,0.2\n0.1,0.3\n0.1,0.4\n")
+    for path in (npz, csv):
+        common = dict(data=str(path), standardize=False, test_fraction=0.0, model="linear", loss="mse", steps=1)
+        x64 = prepare(RunConfig(dtype="float64", **common)).data.X_train[0, 0].item()
+        x32 = prepare(RunConfig(**common)).data.X_train[0, 0].item()
+        assert x64 == 0.1
+        assert x32 == float(np.float32(0.1))

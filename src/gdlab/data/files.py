@@ -164,6 +164,7 @@ def load_npz(
     seed: int = 0,
     test_fraction: float = 0.2,
     standardize: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load a data set from a NumPy .npz archive with arrays `X` and `y`, and optionally
     `X_test` and `y_test`.
@@ -173,8 +174,9 @@ def load_npz(
     y means regression (a 1-D y becomes (N, 1)). Without X_test/y_test the file's samples are
     split with `test_fraction` and `seed` (stratified for classification); with them the file's
     split is used and test_fraction is ignored. `standardize` standardises every input feature
-    (every position of X[i]) with training statistics; targets are left as they are. Tensors are
-    float32 (labels int64); the name defaults to the file's stem. Nothing is unpickled. Every
+    (every position of X[i]) with training statistics; targets are left as they are. Inputs and
+    regression targets are `dtype` (default float32; split and standardised in float64 first),
+    labels int64; the name defaults to the file's stem. Nothing is unpickled. Every
     problem with the file or its contents raises GdlabError.
     """
     path = Path(path)
@@ -195,6 +197,7 @@ def load_npz(
         test_fraction=test_fraction,
         standardize=standardize,
         description=f"loaded from {path}",
+        dtype=dtype,
     )
 
 
@@ -208,6 +211,7 @@ def _arrays_to_split_dataset(
     test_fraction: float,
     standardize: bool,
     description: str,
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Turn checked in-memory arrays X, y (and optionally X_test, y_test) into a Dataset: infer
     the task type from y's dtype when None, split, standardise, validate (see load_npz)."""
@@ -244,6 +248,7 @@ def _arrays_to_split_dataset(
         task_type=task_type,
         num_classes=num_classes,
         description=description,
+        dtype=dtype,
     )
 
 
@@ -310,6 +315,7 @@ def load_data_source(
     mmap: bool = False,
     label_column: str | int = -1,
     name: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load the data that `data` names (what `--data` accepts), dispatching on what it is.
 
@@ -327,8 +333,9 @@ def load_data_source(
     standardize None means the format's default: true for .npz, .csv and in-memory .npy, false
     for memory-mapped .npy and image sets (pixels scaled to [0, 1]). test_fraction and seed
     split sources without a test split of their own. n_samples (a stratified training subsample)
-    applies to image sets only, mmap to .npy only, label_column to CSV only. Every problem
-    raises GdlabError.
+    applies to image sets only, mmap to .npy only, label_column to CSV only. `dtype` is the
+    dtype .npz, .csv and in-memory .npy inputs are converted to from float64 (image sets and
+    memory-mapped arrays keep their own; the caller converts). Every problem raises GdlabError.
     """
     # Imported here: readers and presets import this module's helpers.
     from gdlab.data import presets, readers
@@ -366,7 +373,7 @@ def load_data_source(
         if kind == "cifar10":
             return readers.load_cifar10_dir(path, name=name, **options)
         return readers.load_mnist_dir(path, fashion=kind == "fashion-mnist", name=name, **options)
-    split = dict(name=name, task_type=task_type, seed=seed, test_fraction=test_fraction)
+    split = dict(name=name, task_type=task_type, seed=seed, test_fraction=test_fraction, dtype=dtype)
     if kind == "npy":
         return readers.load_npy_pair(path, mmap=mmap, standardize=standardize, **split)
     standardize = True if standardize is None else standardize

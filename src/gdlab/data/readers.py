@@ -675,6 +675,7 @@ def load_csv(
     seed: int = 0,
     test_fraction: float = 0.2,
     standardize: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load a data set from a UTF-8 CSV file with one row per sample: numeric feature columns
     and one label column (`label_column`: a header name or a column index, default the last).
@@ -757,6 +758,7 @@ def load_csv(
         test_fraction=test_fraction,
         standardize=standardize,
         description=f"loaded from {path}; label column {label_name}{classes_note}",
+        dtype=dtype,
     )
 
 
@@ -848,6 +850,7 @@ def load_npy_pair(
     seed: int = 0,
     test_fraction: float = 0.2,
     standardize: bool | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load X.npy and y.npy (and, when both exist, X_test.npy and y_test.npy).
 
@@ -899,6 +902,7 @@ def load_npy_pair(
             test_fraction=test_fraction,
             standardize=True if standardize is None else standardize,
             description=description,
+            dtype=dtype,
         )
     for key in (k for k in ("X", "X_test") if k in arrays):
         row = _first_nonfinite_row(_mapped_inputs(arrays[key], paths[key]))

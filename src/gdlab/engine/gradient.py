@@ -17,15 +17,23 @@ Models whose forward pass depends on the batch (BatchNorm in training mode) or o
   is the exact gradient of the chunk-averaged objective, which depends on the chunk size.
 
 The engine uses the model in whatever mode it is in; the training loop sets the mode.
+
+Precision: ``autocast`` (e.g. ``torch.bfloat16``) runs each chunk's forward pass and loss under
+``torch.autocast``, the parameters staying in their dtype; ``accumulate`` (float32 or float64,
+default: the parameters' dtype, float32 for lower precisions) is the dtype in which chunk
+gradients and losses are summed, so that float32 chunks can be summed in float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from gdlab.engine.calibrate import ChunkChoice, architecture_signature, choose_chunk_size
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -86,13 +94,52 @@ def estimate_bytes_per_sample(model: nn.Module, X: torch.Tensor, probe: int = 16
 
 
 def auto_chunk_size(
-    model: nn.Module, X: torch.Tensor, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    model: nn.Module,
+    X: torch.Tensor,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    bytes_per_sample: int | None = None,
 ) -> int:
     """Largest chunk (rows) whose estimated activation memory fits in ``memory_budget_mb`` MiB,
-    clamped to [1, N]."""
-    per_sample = estimate_bytes_per_sample(model, X)
+    clamped to [1, N]. ``bytes_per_sample``: a known estimate (else measured by a probe)."""
+    per_sample = bytes_per_sample or estimate_bytes_per_sample(model, X)
     chunk = int(memory_budget_mb * 2**20) // per_sample
     return int(min(max(chunk, 1), X.shape[0]))
+
+
+# The probe is a forward pass with hooks, too slow to repeat on every default-chunk call.
+_bytes_per_sample: dict[tuple[str, ...], int] = {}
+
+
+def _cached_bytes_per_sample(model: nn.Module, X: torch.Tensor) -> int:
+    """:func:`estimate_bytes_per_sample`, once per architecture, row shape, dtype and device."""
+    key = (architecture_signature(model), str(tuple(X.shape[1:])), str(X.dtype), str(X.device))
+    if key not in _bytes_per_sample:
+        _bytes_per_sample[key] = estimate_bytes_per_sample(model, X)
+    return _bytes_per_sample[key]
+
+
+def chunk_choice(
+    model: nn.Module,
+    loss_fn: LossFn,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    memory_budget_mb: float | None = None,
+    autocast: torch.dtype | None = None,
+    calibrate: bool = True,
+) -> ChunkChoice:
+    """The chunk size (rows per pass) for a full-batch gradient over ``X`` (N, ...): ``chunk_size``
+    when given, else the fastest power of two within the memory cap of :func:`auto_chunk_size`
+    (calibrated and cached by :func:`gdlab.engine.calibrate.choose_chunk_size`), or one chunk of
+    N rows when N is small."""
+    if chunk_size is not None:
+        return ChunkChoice(int(chunk_size), "given")
+    if X.shape[0] == 0:
+        return ChunkChoice(1, "memory", reason="no rows")
+    cap = auto_chunk_size(model, X, memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB,
+                          bytes_per_sample=_cached_bytes_per_sample(model, X))
+    return choose_chunk_size(model, loss_fn, X, y, max_chunk=cap, autocast=autocast, calibrate=calibrate)
 
 
 def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
@@ -100,17 +147,44 @@ def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _check_accumulate(accumulate: torch.dtype | None) -> None:
+    if accumulate is not None and accumulate not in _ACCUMULATE_DTYPES:
+        raise ValueError(f"accumulate must be torch.float32 or torch.float64, got {accumulate}")
+
+
+def _accumulation_buffers(
+    params: Sequence[torch.Tensor], accumulate: torch.dtype | None
+) -> list[torch.Tensor] | None:
+    """Zeroed buffers in the accumulation dtype, or None when every parameter accumulates in its
+    own dtype (then ``backward`` sums into ``p.grad`` directly, the fast path)."""
+    def target(p: torch.Tensor) -> torch.dtype:
+        if accumulate is not None:
+            return accumulate
+        return p.dtype if p.dtype in _ACCUMULATE_DTYPES else torch.float32
+
+    if all(target(p) == p.dtype for p in params):
+        return None
+    return [torch.zeros_like(p, dtype=target(p)) for p in params]
+
+
 def _accumulate(
     loss: torch.Tensor, params: Sequence[torch.Tensor], buffers: list[torch.Tensor] | None
 ) -> None:
-    """Add d(loss)/d(params) to p.grad, or to float32 ``buffers`` for low-precision parameters."""
+    """Add d(loss)/d(params) to p.grad, or to ``buffers`` (in their own dtype) when given."""
     if buffers is None:
         loss.backward()
         return
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for buf, g in zip(buffers, grads):
         if g is not None:
-            buf += g.to(torch.float32)
+            buf += g.to(buf.dtype)
 
 
 Reduce = Callable[[Sequence[torch.Tensor]], None]
@@ -133,40 +207,42 @@ def full_batch_loss_and_grad(
     params: Sequence[torch.Tensor] | None = None,
     total_rows: int | None = None,
     reduce: Reduce | None = None,
+    autocast: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
 ) -> GradientResult:
     """Exact loss and gradient of ``(1/N) sum_i l_i + R`` over all N rows of ``X`` (N, ...).
 
     The gradient replaces ``p.grad`` of every trainable parameter. ``chunk_size`` rows are
-    processed per forward/backward pass; when None it is chosen from ``memory_budget_mb``
-    (default 256 MiB) by :func:`auto_chunk_size`. ``regularizer`` returns R(theta) as a
-    differentiable 0-dim tensor. Gradients accumulate in the parameters' dtype when it is float32
-    or float64, and in float32 buffers for lower precisions.
+    processed per forward/backward pass; when None it is the fastest size within the memory cap
+    of ``memory_budget_mb`` (default 256 MiB), calibrated once per model and machine and cached
+    (:func:`chunk_choice`). ``regularizer`` returns R(theta) as a differentiable 0-dim tensor.
+    Forward passes run under ``torch.autocast(dtype=autocast)`` when it is given. Gradients and
+    the loss accumulate in ``accumulate`` (float32 or float64); by default gradients accumulate
+    in the parameters' dtype when it is float32 or float64, in float32 for lower precisions, and
+    the loss in float64.
 
     Across processes, ``X`` holds this rank's rows of a set of ``total_rows`` rows: each chunk is
     weighted by rows / total_rows and ``reduce`` (a sum over ranks, in place) is applied to the
     data gradient and loss before the regulariser is added once.
     """
+    _check_accumulate(accumulate)
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     n_local = int(X.shape[0])
     n = int(total_rows) if total_rows is not None else n_local
-    if chunk_size is None and n_local == 0:
-        chunk_size = 1
     if chunk_size is None:
-        chunk_size = auto_chunk_size(model, X, memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB)
+        chunk_size = chunk_choice(model, loss_fn, X, y, memory_budget_mb=memory_budget_mb,
+                                  autocast=autocast).size
     spans = _chunks(n_local, chunk_size)
-    low_precision = any(p.dtype not in _ACCUMULATE_DTYPES for p in params)
-    buffers = (
-        [torch.zeros_like(p, dtype=torch.float32) for p in params] if low_precision else None
-    )
+    buffers = _accumulation_buffers(params, accumulate)
     for p in params:
         p.grad = None
 
-    data_loss = torch.zeros((), dtype=torch.float64, device=X.device)
+    data_loss = torch.zeros((), dtype=accumulate or torch.float64, device=X.device)
     for start, stop in spans:
-        out = model(X[start:stop])
-        chunk_loss = loss_fn(out, y[start:stop]) * ((stop - start) / n)
-        data_loss += chunk_loss.detach().to(torch.float64)
+        with _autocast(X.device, autocast):
+            chunk_loss = loss_fn(model(X[start:stop]), y[start:stop]) * ((stop - start) / n)
+        data_loss += chunk_loss.detach().to(data_loss.dtype)
         _accumulate(chunk_loss, params, buffers)
 
     if reduce is not None:
@@ -206,14 +282,20 @@ def full_batch_loss(
     regularizer: Callable[[], torch.Tensor] | None = None,
     total_rows: int | None = None,
     reduce: Reduce | None = None,
+    autocast: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
 ) -> float:
     """The objective ``(1/N) sum_i l_i + R`` over all rows of X, without gradients (across
-    processes: ``total_rows`` and ``reduce`` as in :func:`full_batch_loss_and_grad`)."""
+    processes: ``total_rows`` and ``reduce``; ``autocast`` and ``accumulate`` (default float64)
+    as in :func:`full_batch_loss_and_grad`)."""
+    _check_accumulate(accumulate)
     n_local = int(X.shape[0])
     n = int(total_rows) if total_rows is not None else n_local
-    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    total = torch.zeros((), dtype=accumulate or torch.float64, device=X.device)
     for start, stop in _chunks(n_local, chunk_size):
-        total += loss_fn(model(X[start:stop]), y[start:stop]).to(torch.float64) * ((stop - start) / n)
+        with _autocast(X.device, autocast):
+            loss = loss_fn(model(X[start:stop]), y[start:stop])
+        total += loss.to(total.dtype) * ((stop - start) / n)
     if reduce is not None:
         reduce([total])
     reg = float(regularizer()) if regularizer is not None else 0.0
@@ -231,22 +313,28 @@ def evaluate(
     chunk_size: int | None = None,
     total_rows: int | None = None,
     reduce: Reduce | None = None,
+    autocast: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
 ) -> tuple[float | None, float | None]:
     """Mean data loss and accuracy (fraction in [0, 1], classification only) over X (N, ...).
 
     Returns (None, None) for an empty set. Binary models with one output count a logit > 0 as
-    class 1. Across processes, ``total_rows`` and ``reduce`` as in :func:`full_batch_loss_and_grad`.
+    class 1. Across processes, ``total_rows`` and ``reduce``; ``autocast`` and ``accumulate``
+    (default float64) as in :func:`full_batch_loss_and_grad`.
     """
+    _check_accumulate(accumulate)
     n_local = int(X.shape[0])
     n = int(total_rows) if total_rows is not None else n_local
     if n == 0:
         return None, None
-    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    total = torch.zeros((), dtype=accumulate or torch.float64, device=X.device)
     correct = 0
     for start, stop in _chunks(n_local, chunk_size):
-        out = model(X[start:stop])
         yc = y[start:stop]
-        total += loss_fn(out, yc).to(torch.float64) * ((stop - start) / n)
+        with _autocast(X.device, autocast):
+            out = model(X[start:stop])
+            loss = loss_fn(out, yc)
+        total += loss.to(total.dtype) * ((stop - start) / n)
         if classification:
             if out.dim() == 1 or out.shape[-1] == 1:
                 pred = (out.reshape(-1) > 0).long()
@@ -271,7 +359,8 @@ def gradient_norm(params: Sequence[torch.Tensor]) -> float:
 @dataclass
 class FullBatchObjective:
     """The full-batch training objective of one run, bundled for diagnostics: the model, the loss,
-    all N training rows ``X`` (N, ...) and ``y``, the chunk size and the regulariser."""
+    all N training rows ``X`` (N, ...) and ``y``, the chunk size, the regulariser and the
+    precision (``autocast``, ``accumulate`` as in :func:`full_batch_loss_and_grad`)."""
 
     model: nn.Module
     loss_fn: LossFn
@@ -280,17 +369,20 @@ class FullBatchObjective:
     chunk_size: int | None = None
     regularizer: Callable[[], torch.Tensor] | None = None
     params: Sequence[torch.Tensor] | None = None
+    autocast: torch.dtype | None = None
+    accumulate: torch.dtype | None = None
 
     def loss(self) -> float:
         """L(theta) at the current parameters, without gradients."""
         return full_batch_loss(
             self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
-            regularizer=self.regularizer,
+            regularizer=self.regularizer, autocast=self.autocast, accumulate=self.accumulate,
         )
 
     def loss_and_grad(self) -> GradientResult:
         """L(theta) and its gradient (left in ``p.grad``)."""
         return full_batch_loss_and_grad(
             self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
-            regularizer=self.regularizer, params=self.params,
+            regularizer=self.regularizer, params=self.params, autocast=self.autocast,
+            accumulate=self.accumulate,
         )

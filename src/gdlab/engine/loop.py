@@ -221,6 +221,8 @@ def train_loop(
     shard: Shard | None = None,
     checkpoint: CheckpointHook | None = None,
     resume: dict[str, Any] | None = None,
+    autocast: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
 ) -> LoopOutcome:
     """Train ``model`` on ``data`` (tensors already on the model's device) until a stop rule fires.
 
@@ -235,9 +237,11 @@ def train_loop(
 
     With ``shard`` (a torch.distributed job) ``data`` holds this rank's rows only; gradients,
     losses and counts are summed over ranks (see :mod:`gdlab.distributed`), so every rank takes
-    the single-process steps.
+    the single-process steps. ``autocast`` and ``accumulate`` set the precision of every
+    gradient and loss evaluation (see :func:`full_batch_loss_and_grad`).
     """
     guard = guard or GuardOptions()
+    precision: dict[str, Any] = {"autocast": autocast, "accumulate": accumulate}
     params = [p for p in model.parameters() if p.requires_grad]
     X, y = data.X_train, data.y_train
     n = shard.n_train if shard else data.n_train
@@ -247,7 +251,7 @@ def train_loop(
     line_search = isinstance(optimizer, ArmijoLineSearch)
     train_mode = layer_mode == "train"
     full_objective = FullBatchObjective(model, loss_fn, X, y, chunk_size=chunk_size,
-                                        regularizer=regularizer, params=params)
+                                        regularizer=regularizer, params=params, **precision)
 
     resumed = resume or {}
     history: list[dict[str, Any]] = list(resumed.get("history", []))
@@ -304,10 +308,13 @@ def train_loop(
             if evaluating:
                 eval_train = None if schedule.is_full else measured(
                     lambda: full_batch_loss(model, loss_fn, X, y, chunk_size=chunk_size,
-                                            regularizer=regularizer, total_rows=n, reduce=reduce))
+                                            regularizer=regularizer, total_rows=n, reduce=reduce, **precision))
                 test_loss, test_acc = measured(lambda: evaluate(
                     model, loss_fn, data.X_test, data.y_test, classification=classification,
-                    chunk_size=chunk_size, total_rows=n_test, reduce=reduce))
+                    chunk_size=chunk_size, total_rows=n_test, reduce=reduce, **precision))
+                if first_loss is None and eval_train is not None and math.isfinite(eval_train):
+                    # the divergence reference is the full objective, not one (maybe lucky) batch
+                    first_loss = eval_train
                 if eval_train is not None and stop.loss_tol is not None and eval_train <= stop.loss_tol:
                     log({"step": step, "epochs": epochs_before, "wall_time_s": time_before,
                          "batch_loss": None, "train_loss": eval_train, "grad_norm": None,
@@ -330,7 +337,7 @@ def train_loop(
                 Xb, yb = X[idx], y[idx]
             res = full_batch_loss_and_grad(
                 model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer, params=params,
-                total_rows=rows, reduce=reduce,
+                total_rows=rows, reduce=reduce, **precision,
             )
             samples += res.num_samples
             gnorm = gradient_norm(params)
@@ -412,7 +419,7 @@ def train_loop(
             if line_search:
                 def closure() -> float:
                     return full_batch_loss(model, loss_fn, Xb, yb, chunk_size=chunk_size,
-                                           regularizer=regularizer, total_rows=rows, reduce=reduce)
+                                           regularizer=regularizer, total_rows=rows, reduce=reduce, **precision)
 
                 optimizer.step(closure, loss=res.loss)
             else:
@@ -440,17 +447,58 @@ def train_loop(
     if checkpoint is not None:
         checkpoint.save(loop_state())
 
+    return finish(
+        model, data, loss_fn, params, regularizer=regularizer, chunk_size=chunk_size,
+        train_mode=train_mode, shard=shard, step=step, samples=samples, train_time=train_time,
+        status=status, reason=reason, rollbacks=rollbacks,
+        final_lr=float(optimizer.param_groups[0]["lr"]),
+        loss_evaluations=optimizer.state_info["total_evaluations"] if line_search else None,
+        clip_factors=clip_factors if guard.clip_norm is not None or guard.clip_value is not None else None,
+        history=history, events=events, diagnostics=diagnostics, callbacks=callbacks, **precision,
+    )
+
+
+def finish(
+    model: nn.Module,
+    data: Dataset,
+    loss_fn: LossFn,
+    params: Sequence[torch.Tensor],
+    *,
+    regularizer: Callable[[], torch.Tensor] | None,
+    chunk_size: int | None,
+    train_mode: bool,
+    shard: Shard | None,
+    step: int,
+    samples: int,
+    train_time: float,
+    status: str,
+    reason: str,
+    rollbacks: int,
+    final_lr: float,
+    loss_evaluations: int | None,
+    clip_factors: list[float] | None,
+    history: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    diagnostics: dict[str, list[dict[str, Any]]],
+    callbacks: Sequence[Callback],
+    autocast: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
+) -> LoopOutcome:
+    """The end of a run: the final record at the model's current parameters (plus the loop's
+    counters and the clipping summary when ``clip_factors`` is not None), a last history record
+    when the last step was not logged, and the ``on_end`` callbacks."""
+    n = shard.n_train if shard else data.n_train
     final = final_record(
         model, data, loss_fn, params, regularizer=regularizer, chunk_size=chunk_size,
-        classification=classification, train_mode=train_mode, shard=shard,
+        classification=data.task_type == "classification", train_mode=train_mode, shard=shard,
+        autocast=autocast, accumulate=accumulate,
     )
     final.update(
         step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
-        gradient_evaluations=samples,
-        loss_evaluations=optimizer.state_info["total_evaluations"] if line_search else None,
-        rollbacks=rollbacks, final_lr=float(optimizer.param_groups[0]["lr"]),
+        gradient_evaluations=samples, loss_evaluations=loss_evaluations, rollbacks=rollbacks,
+        final_lr=final_lr,
     )
-    if guard.clip_norm is not None or guard.clip_value is not None:
+    if clip_factors is not None:
         final["clipping"] = {
             "clipped_steps": len(clip_factors),
             "fraction": len(clip_factors) / max(1, step),
@@ -461,8 +509,7 @@ def train_loop(
         history.append(
             {"step": step, "epochs": samples / n, "wall_time_s": train_time,
              "batch_loss": None, "train_loss": final["train_loss"], "grad_norm": final["grad_norm"],
-             "lr": float(optimizer.param_groups[0]["lr"]),
-             "test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"]}
+             "lr": final_lr, "test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"]}
         )
     for cb in callbacks:
         cb.on_end(final, diagnostics)
@@ -481,29 +528,33 @@ def final_record(
     classification: bool,
     train_mode: bool,
     shard: Shard | None = None,
+    autocast: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Train objective, full-batch gradient norm and test metrics at the current parameters
-    (evaluated with ``model.eval()``; summed over ranks with ``shard``)."""
+    (evaluated with ``model.eval()``; summed over ranks with ``shard``; precision as in
+    :func:`full_batch_loss_and_grad`)."""
+    precision: dict[str, Any] = {"autocast": autocast, "accumulate": accumulate}
     reduce = all_reduce_sum if shard else None
     n_train = shard.n_train if shard else None
     n_test = shard.n_test if shard else None
     model.train(False)
     res = full_batch_loss_and_grad(
         model, loss_fn, data.X_train, data.y_train, chunk_size=chunk_size, regularizer=regularizer,
-        params=params, total_rows=n_train, reduce=reduce,
+        params=params, total_rows=n_train, reduce=reduce, **precision,
     )
     gnorm = gradient_norm(params)
     for p in params:
         p.grad = None
     test_loss, test_acc = evaluate(
         model, loss_fn, data.X_test, data.y_test, classification=classification, chunk_size=chunk_size,
-        total_rows=n_test, reduce=reduce,
+        total_rows=n_test, reduce=reduce, **precision,
     )
     train_acc = None
     if classification:
         _, train_acc = evaluate(
             model, loss_fn, data.X_train, data.y_train, classification=True, chunk_size=chunk_size,
-            total_rows=n_train, reduce=reduce,
+            total_rows=n_train, reduce=reduce, **precision,
         )
     model.train(train_mode)
     return {

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gdlab.errors import WorkerDiedError
 from gdlab.store import RunStore, StoredRun
@@ -56,6 +57,7 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
     import torch
 
     from gdlab.runner import run
+    from gdlab.sweep import run_sweep
 
     if threads:
         torch.set_num_threads(threads)
@@ -78,11 +80,37 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
                 outcome.ran += 1
             return _objective(record["final"]["status"], record["final"]["train_loss"])
 
+        def execute_many(trials: list[tuple[int, float]]) -> list[float | None]:
+            """Tuning trials as one sweep (stacked when the model allows and it is faster)."""
+            values: dict[int, float | None] = {}
+            missing = []
+            for number, lr in trials:
+                key = spec.run_key(task, opt, "tune", number, lr, spec.tuning_seed)
+                _, rows = store.query("SELECT status, train_loss FROM runs WHERE run_key = ?", (key,))
+                if rows:
+                    outcome.skipped += 1
+                    values[number] = _objective(*rows[0])
+                else:
+                    missing.append((number, lr, key))
+
+            def stored(i: int, result: Any) -> None:
+                number, lr, key = missing[i]
+                record = result.to_record()
+                run_row = StoredRun(key, spec.name, task.name, opt.name, "tune", number, spec.tuning_seed,
+                                    float(lr), dict(opt.params), record)
+                if store.add_run(run_row):
+                    outcome.ran += 1
+                values[number] = _objective(record["final"]["status"], record["final"]["train_loss"])
+
+            configs = [spec.run_config(task, opt, lr, spec.tuning_seed) for _, lr, _ in missing]
+            run_sweep(configs, on_result=stored)
+            return [values[number] for number, _ in trials]
+
         if opt.searched:
             search = search_learning_rate(
                 spec.sampler, spec.trials, opt.lr_low, opt.lr_high,
                 lambda number, lr: execute("tune", number, lr, spec.tuning_seed),
-                seed=spec.tuning_seed,
+                seed=spec.tuning_seed, evaluate_many=execute_many,
             )
             outcome.trials = search.trials
             outcome.best_lr = search.best_lr

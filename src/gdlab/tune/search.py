@@ -56,9 +56,14 @@ def search_learning_rate(
     evaluate: Callable[[int, float], float | None],
     *,
     seed: int = 0,
+    evaluate_many: Callable[[list[tuple[int, float]]], list[float | None]] | None = None,
 ) -> SearchResult:
     """Try ``trials`` learning rates in [low, high] (log scale) chosen by sampler ``kind`` and
-    return every trial and the best (lowest value). ``best_lr`` is None if every trial diverged."""
+    return every trial and the best (lowest value). ``best_lr`` is None if every trial diverged.
+
+    ``evaluate_many([(trial_number, lr), ...]) -> [value | None, ...]``, when given, evaluates all
+    trials of a grid or random search in one call (a stacked sweep); TPE, whose proposals
+    depend on earlier results, always goes one trial at a time through ``evaluate``."""
     if not (0 < low <= high) or trials < 1:
         raise GdlabError(f"learning-rate search needs 0 < low <= high and trials >= 1, got {low}, {high}, {trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -67,16 +72,29 @@ def search_learning_rate(
         for lr in learning_rate_grid(low, high, trials):
             study.enqueue_trial({"lr": lr})
     result = SearchResult()
-    for _ in range(trials):
+
+    def ask() -> tuple[optuna.trial.Trial, float]:
         trial = study.ask()
-        lr = trial.suggest_float("lr", low, high, log=True) if low < high else low
-        value = evaluate(trial.number, lr)
+        return trial, (trial.suggest_float("lr", low, high, log=True) if low < high else low)
+
+    def tell(trial: optuna.trial.Trial, lr: float, value: float | None) -> None:
         if value is None or not math.isfinite(value):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             result.trials.append((trial.number, lr, None))
         else:
             study.tell(trial, value)
             result.trials.append((trial.number, lr, float(value)))
+
+    if evaluate_many is not None and kind in ("grid", "random"):
+        # grid points and random draws do not depend on earlier results: ask every trial first
+        asked = [ask() for _ in range(trials)]
+        values = evaluate_many([(trial.number, lr) for trial, lr in asked])
+        for (trial, lr), value in zip(asked, values):
+            tell(trial, lr, value)
+    else:
+        for _ in range(trials):
+            trial, lr = ask()
+            tell(trial, lr, evaluate(trial.number, lr))
     finished = [t for t in result.trials if t[2] is not None]
     if finished:
         _, result.best_lr, result.best_value = min(finished, key=lambda t: (t[2], t[1]))

@@ -1,0 +1,310 @@
+"""Stacked sweeps: K copies of a small model trained at once as one stacked model.
+
+Every parameter gets a leading dimension of K; copy k has its own learning rate (and, when the
+copies differ in seed, its own initialisation and sample order); one forward and one backward
+serve all copies. For small models, where per-step framework overhead rather than arithmetic is
+the cost, K copies then cost about as much as one run.
+
+Copy k follows exactly the steps its own run would (regimes full, minibatch, stochastic; the
+update rules with a functional form; schedules; stopping rules; the guard with policy stop): its
+history, events and final record are built as :func:`gdlab.engine.loop.train_loop` builds them,
+and equal them to float rounding (tests). A copy that diverges or reaches its target stops there
+(its parameters at that point are kept) while the others go on. Training time is the stacked
+time divided by K (each copy's share).
+
+Stackable models: the zoo's linear/logistic models and MLPs without BatchNorm or Dropout
+(:func:`stackable`); their stacked forward pass is a batched matrix product per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gdlab.engine.gradient import _chunks
+from gdlab.engine.regimes import SampleSchedule
+from gdlab.engine.loop import LoopOutcome, StopRules
+from gdlab.models.zoo import MLP, LinearModel
+from gdlab.optim.functional import FunctionalRule
+
+STACKED_LOSSES = ("mse", "cross_entropy", "bce")
+
+
+def stackable(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be stacked (one phrase), or None when it can."""
+    if not isinstance(model, (LinearModel, MLP)):
+        return f"only the built-in linear, logistic and MLP models stack, not {type(model).__name__}"
+    for m in model.modules():
+        if not isinstance(m, (LinearModel, MLP, nn.Sequential, nn.Linear)) and list(m.parameters()):
+            return f"layer {type(m).__name__} has parameters the stacked forward does not know"
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)):
+            return "BatchNorm/Dropout layers do not stack"
+    return None
+
+
+class StackedForward:
+    """The forward pass of K copies of a LinearModel/MLP: ``(params, X) -> (K, B, out)``, params
+    in ``model.parameters()`` order with a leading K; X (B, ...) shared by every copy or
+    (K, B, ...) one batch per copy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        names = [n for n, _ in model.named_parameters()]
+        self.steps: list[tuple[str, Any]] = []
+        modules = [model.linear] if isinstance(model, LinearModel) else list(model.layers)
+        prefix = "linear" if isinstance(model, LinearModel) else "layers"
+        for i, m in enumerate(modules):
+            if isinstance(m, nn.Linear):
+                base = prefix if isinstance(model, LinearModel) else f"{prefix}.{i}"
+                w = names.index(f"{base}.weight")
+                b = names.index(f"{base}.bias") if m.bias is not None else None
+                self.steps.append(("linear", (w, b)))
+            else:
+                self.steps.append(("elementwise", m))
+
+    def __call__(self, params: Sequence[Tensor], X: Tensor, per_copy: bool) -> Tensor:
+        h = X.flatten(2) if per_copy else X.flatten(1)
+        for kind, what in self.steps:
+            if kind == "linear":
+                w, b = what
+                h = torch.matmul(h, params[w].transpose(1, 2))
+                if b is not None:
+                    h = h + params[b].unsqueeze(1)
+            else:
+                h = what(h)
+        return h
+
+
+def per_copy_loss(name: str, out: Tensor, y: Tensor, per_copy: bool = False) -> Tensor:
+    """The mean loss of each copy, (K,), for stacked outputs ``out`` (K, B, C) and targets ``y``,
+    (B, ...) shared by the copies or (K, B, ...) one per copy (``per_copy``); the definitions of
+    :mod:`gdlab.optim.losses`."""
+    K, B = out.shape[0], out.shape[1]
+    lead = K if per_copy else 1
+    if name == "mse":
+        diff = out.reshape(K, B, -1) - y.reshape(lead, B, -1).to(out.dtype)
+        return 0.5 * diff.square().sum(dim=2).mean(dim=1)
+    labels = y.reshape(lead, B).expand(K, B)
+    if name == "cross_entropy":
+        return F.cross_entropy(out.transpose(1, 2), labels.long(), reduction="none").mean(dim=1)
+    return F.binary_cross_entropy_with_logits(out.reshape(K, B), labels.to(out.dtype), reduction="none").mean(dim=1)
+
+
+def per_copy_correct(out: Tensor, y: Tensor) -> Tensor:
+    """Correct predictions of each copy, (K,): argmax of C logits, or logit > 0 for one output."""
+    K, B = out.shape[0], out.shape[1]
+    pred = (out.reshape(K, B) > 0).long() if out.shape[-1] == 1 else out.argmax(dim=-1)
+    return (pred == y.reshape(1, B).long()).sum(dim=1)
+
+
+@dataclass
+class StackedObjective:
+    """Per-copy objectives ``L_k = (1/N) sum_i l(f_k(x_i), y_i) + R(theta_k)``, (K,)."""
+
+    forward: StackedForward
+    loss_name: str
+    penalised: list[bool]
+    l1: float = 0.0
+    l2: float = 0.0
+    chunk_size: int | None = None
+
+    def regularizer(self, params: Sequence[Tensor]) -> Tensor | float:
+        total: Tensor | float = 0.0
+        for p, pen in zip(params, self.penalised):
+            if pen and self.l1:
+                total = total + self.l1 * p.abs().flatten(1).sum(dim=1)
+            if pen and self.l2:
+                total = total + (0.5 * self.l2) * p.square().flatten(1).sum(dim=1)
+        return total
+
+    def data_loss(self, params: Sequence[Tensor], X: Tensor, y: Tensor, per_copy: bool) -> Tensor:
+        n = int(X.shape[1] if per_copy else X.shape[0])
+        total: Tensor | float = 0.0
+        for start, stop in _chunks(n, self.chunk_size):
+            Xc = X[:, start:stop] if per_copy else X[start:stop]
+            yc = y[:, start:stop] if per_copy else y[start:stop]
+            out = self.forward(params, Xc, per_copy)
+            total = total + per_copy_loss(self.loss_name, out, yc, per_copy) * ((stop - start) / n)
+        return total
+
+    def __call__(self, params: Sequence[Tensor], X: Tensor, y: Tensor, per_copy: bool = False) -> Tensor:
+        return self.data_loss(params, X, y, per_copy) + self.regularizer(params)
+
+    @torch.no_grad()
+    def evaluate(self, params: Sequence[Tensor], X: Tensor, y: Tensor, classification: bool
+                 ) -> tuple[list[float] | None, list[float] | None]:
+        """Mean data loss and accuracy of each copy over all rows of X (None for an empty set)."""
+        n = int(X.shape[0])
+        if n == 0:
+            return None, None
+        loss = torch.zeros(params[0].shape[0], dtype=torch.float64, device=X.device)
+        correct = torch.zeros_like(loss)
+        for start, stop in _chunks(n, self.chunk_size):
+            out = self.forward(params, X[start:stop], False)
+            loss += per_copy_loss(self.loss_name, out, y[start:stop]).double() * ((stop - start) / n)
+            if classification:
+                correct += per_copy_correct(out, y[start:stop]).double()
+        return loss.tolist(), ((correct / n).tolist() if classification else None)
+
+
+def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list[Tensor], state: dict[str, Any],
+                 lrs: Tensor, X: Tensor, y: Tensor, per_copy: bool):
+    """One update of every copy: returns (params, state, losses (K,), grad norms (K,))."""
+    leaves = [p.detach().requires_grad_(True) for p in params]
+    losses = objective(leaves, X, y, per_copy)
+    grads = torch.autograd.grad(losses.sum(), leaves)
+    gnorms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1, dtype=torch.float64) for g in grads]).norm(dim=0)
+    with torch.no_grad():
+        new, state = rule.update([p.detach() for p in leaves], list(grads), state, lrs)
+    return new, state, losses.detach(), gnorms
+
+
+@dataclass
+class CopyRecord:
+    """The bookkeeping of one copy: its records, counters and, once it stops, its end state."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    first_loss: float | None = None
+    done: bool = False
+    status: str = "completed"
+    reason: str = "max_steps"
+    step: int = 0
+    samples: int = 0
+    train_time: float = 0.0
+    params: list[Tensor] | None = None
+
+
+def stacked_train_loop(
+    objective: StackedObjective,
+    rule: FunctionalRule,
+    params: list[Tensor],
+    data: Any,
+    schedules: Sequence[SampleSchedule],
+    stop: StopRules,
+    *,
+    lr_table: Tensor,
+    eval_every: int,
+    log_every: int,
+    on_step: Callable[[int], None] | None = None,
+) -> list[CopyRecord]:
+    """Train the K stacked copies (``params`` with a leading K) until every copy has stopped.
+
+    ``lr_table`` (steps + 1, K) holds each copy's learning rate per step (the last row repeats);
+    ``schedules`` one sample schedule per copy (all the same object when the copies share their
+    sample order). Returns one CopyRecord per copy, whose ``params`` are its final parameters;
+    the caller builds each copy's final record from them."""
+    K = params[0].shape[0]
+    X, y = data.X_train, data.y_train
+    n = data.n_train
+    classification = data.task_type == "classification"
+    is_full = schedules[0].is_full
+    shared_order = all(s is schedules[0] for s in schedules)
+    copies = [CopyRecord() for _ in range(K)]
+    state = rule.init(params)
+    previous: list[Tensor] | None = None
+    step, samples, train_time = 0, 0, 0.0
+
+    def finish_copy(k: int, status: str, reason: str, at_step: int, snapshot: list[Tensor], used: int) -> None:
+        c = copies[k]
+        c.done, c.status, c.reason, c.step = True, status, reason, at_step
+        c.samples, c.train_time = used, train_time / K
+        c.params = [p[k].clone() for p in snapshot]
+
+    def alive() -> list[int]:
+        return [k for k in range(K) if not copies[k].done]
+
+    while alive():
+        if stop.max_steps is not None and step >= stop.max_steps:
+            reason = "max_steps"
+        elif stop.max_epochs is not None and samples >= stop.max_epochs * n - 1e-9:
+            reason = "max_epochs"
+        else:
+            reason = None
+        if reason is not None:
+            for k in alive():
+                finish_copy(k, "completed", reason, step, params, samples)
+            break
+        evaluating = step % eval_every == 0
+        if evaluating:
+            test_loss, test_acc = objective.evaluate(params, data.X_test, data.y_test, classification)
+            eval_train = None
+            if not is_full:
+                with torch.no_grad():
+                    eval_train = objective(params, X, y).double().tolist()
+                for k in alive():
+                    if copies[k].first_loss is None and math.isfinite(eval_train[k]):
+                        copies[k].first_loss = eval_train[k]
+                    if stop.loss_tol is not None and eval_train[k] <= stop.loss_tol:
+                        copies[k].history.append(
+                            {"step": step, "epochs": samples / n, "wall_time_s": train_time / K, "batch_loss": None,
+                             "train_loss": eval_train[k], "grad_norm": None, "lr": float(lr_table[step, k]),
+                             "test_loss": test_loss[k] if test_loss else None,
+                             "test_accuracy": test_acc[k] if test_acc else None})
+                        finish_copy(k, "target_reached", "loss_tol", step, params, samples)
+                if not alive():
+                    break
+        time_before = train_time
+        t0 = time.perf_counter()
+        if shared_order:
+            idx = schedules[0].next_indices()
+            rows = n if idx is None else int(idx.numel())
+            Xb, yb = (X, y) if idx is None else (X[idx.to(X.device)], y[idx.to(X.device)])
+            per_copy = False
+        else:
+            idxs = [s.next_indices() for s in schedules]
+            rows = int(idxs[0].numel())
+            stacked_idx = torch.stack(idxs).to(X.device)
+            Xb, yb, per_copy = X[stacked_idx], y[stacked_idx], True
+        lrs = lr_table[min(step, lr_table.shape[0] - 1)]
+        new, new_state, losses_t, gnorms_t = stacked_step(objective, rule, params, state, lrs, Xb, yb, per_copy)
+        losses, gnorms = losses_t.double().tolist(), gnorms_t.tolist()
+        train_time += time.perf_counter() - t0
+        used = samples + rows
+        for k in alive():
+            c, loss, gnorm, lr = copies[k], losses[k], gnorms[k], float(lrs[k])
+            problem = None
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                problem = ("nonfinite", f"loss={loss:.4g}, gradient norm={gnorm:.4g} at lr={lr:g}")
+            elif c.first_loss is not None and loss > stop.divergence_factor * max(abs(c.first_loss), 1e-12):
+                problem = ("loss_exploding", f"loss {loss:.4g} exceeds {stop.divergence_factor:g} x "
+                                             f"the initial loss {c.first_loss:.4g} at lr={lr:g}")
+            if problem is not None:
+                kind, detail = problem
+                if previous is not None:
+                    detail += f"; restored the last good parameters (step {step - 1})"
+                c.events.append({"step": step, "kind": kind, "detail": detail + "; run stopped as diverged"})
+                finish_copy(k, "diverged", kind, step - 1 if previous is not None else step,
+                            previous if previous is not None else params, used)
+                continue
+            if c.first_loss is None:
+                c.first_loss = loss
+            record = {"step": step, "epochs": samples / n, "wall_time_s": time_before / K,
+                      "batch_loss": loss, "train_loss": loss if is_full else None, "grad_norm": gnorm, "lr": lr,
+                      "test_loss": None, "test_accuracy": None}
+            if evaluating:
+                if not is_full:
+                    record["train_loss"] = eval_train[k]
+                record["test_loss"] = test_loss[k] if test_loss else None
+                record["test_accuracy"] = test_acc[k] if test_acc else None
+            if is_full and stop.loss_tol is not None and loss <= stop.loss_tol:
+                c.history.append(record)
+                finish_copy(k, "target_reached", "loss_tol", step, params, used)
+                continue
+            if is_full and stop.grad_tol is not None and gnorm <= stop.grad_tol:
+                c.history.append(record)
+                finish_copy(k, "stopped", "grad_tol", step, params, used)
+                continue
+            if evaluating or step % log_every == 0:
+                c.history.append(record)
+        previous, params, state = params, new, new_state
+        step, samples = step + 1, used
+        if on_step is not None:
+            on_step(step)
+    return copies

@@ -1,0 +1,199 @@
+"""Sweeps: many runs of one task that differ only in learning rate and seed, stacked when it pays.
+
+:func:`run_sweep` takes K run configs and returns K run results, each equal (to float rounding)
+to :func:`gdlab.runner.run` on its config. When the runs can be stacked
+(:func:`sweep_blocker`) and a short measurement says K stacked copies step faster than K
+separate runs, they train as one stacked model (:mod:`gdlab.engine.stacked`); otherwise they run
+one after another. ``final.engine`` of every result says which and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from gdlab.config import RunConfig
+from gdlab.engine.gradient import full_batch_loss_and_grad
+from gdlab.engine.loop import StopRules, finish
+from gdlab.engine.regimes import make_schedule
+from gdlab.engine.stacked import STACKED_LOSSES, StackedForward, StackedObjective, stackable, stacked_step, stacked_train_loop
+from gdlab.optim import build_optimizer
+from gdlab.optim.functional import FUNCTIONAL_RULES, functional_rule
+from gdlab.runner import PreparedRun, RunResult, _lr_sequence, make_regularizer, make_result, prepare, run
+
+VARYING = ("lr", "seed")
+
+
+def sweep_blocker(configs: Sequence[RunConfig], prepared: PreparedRun) -> str | None:
+    """Why these runs cannot train as one stacked model (one phrase), or None when they can."""
+    if len(configs) < 2:
+        return "a single run"
+    first = configs[0]
+    fixed = {k: v for k, v in first.to_dict().items() if k not in VARYING}
+    for c in configs[1:]:
+        other = {k: v for k, v in c.to_dict().items() if k not in VARYING}
+        if other != fixed:
+            keys = sorted(k for k in fixed if fixed[k] != other.get(k))
+            return f"the runs differ in {', '.join(keys)} (only lr and seed may vary)"
+    if len({c.data_seed_value for c in configs}) > 1:
+        return "the runs use different data (set data_seed so that seeds vary only the model)"
+    if first.optimizer not in FUNCTIONAL_RULES:
+        return f"optimizer '{first.optimizer}' has no functional form"
+    if first.nonfinite_policy != "stop":
+        return f"the stacked guard implements policy stop, not '{first.nonfinite_policy}'"
+    if first.clip_norm is not None or first.clip_value is not None:
+        return "clipping is per run"
+    if first.health_every or first.sharpness_every or first.checkpoint_every:
+        return "diagnostics and checkpoints need separate runs"
+    if first.time_budget_s is not None:
+        return "a time budget is per run"
+    if getattr(first, "autocast", None) or getattr(first, "accumulate", None):
+        return "autocast and accumulation options need separate runs"
+    if prepared.shard is not None:
+        return "a multi-process run"
+    if prepared.loss_name not in STACKED_LOSSES:
+        return f"loss '{prepared.loss_name}' does not stack"
+    return stackable(prepared.model)
+
+
+def _stack(models: Sequence[torch.nn.Module]) -> list[torch.Tensor]:
+    per_model = [[p.detach() for p in m.parameters() if p.requires_grad] for m in models]
+    return [torch.stack(group).clone() for group in zip(*per_model)]
+
+
+def _measure(objective: StackedObjective, rule_name: str, configs: Sequence[RunConfig], params: list[torch.Tensor],
+             prepared: PreparedRun, repeats: int = 3) -> dict[str, float]:
+    """Seconds per step of the K stacked copies and of one eager run (gradient + update), on
+    throwaway copies of the first batch."""
+    c = configs[0]
+    rule = functional_rule(rule_name, c.lr, **c.optimizer_params)
+    data = prepared.data
+    rows = prepared.schedule.n if prepared.schedule.is_full else prepared.schedule.batch_size
+    X, y = data.X_train[:rows], data.y_train[:rows]
+    lrs = torch.tensor([cfg.lr for cfg in configs], dtype=params[0].dtype)
+    state = rule.init(params)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        stacked_step(objective, rule, params, state, lrs, X, y, False)
+        times.append(time.perf_counter() - t0)
+    model = copy.deepcopy(prepared.model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = build_optimizer(c.optimizer, trainable, c.lr, **c.optimizer_params)
+    single = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        full_batch_loss_and_grad(model, prepared.loss_fn, X, y, chunk_size=prepared.chunk_size,
+                                 regularizer=make_regularizer(model, c.l1, c.l2), params=trainable)
+        opt.step()
+        single.append(time.perf_counter() - t0)
+    return {"stacked": sorted(times)[repeats // 2], "single": sorted(single)[repeats // 2]}
+
+
+def run_sweep(
+    configs: Sequence[RunConfig],
+    *,
+    stacked: str = "auto",
+    on_result: Callable[[int, RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Run every config (they may differ only in lr and seed to stack); results in input order.
+
+    ``stacked``: ``auto`` (stack when allowed and measured faster than K runs), ``on`` (stack
+    when allowed), ``off`` (one run after another). ``on_result(i, result)`` is called as each
+    result is ready."""
+    configs = list(configs)
+    if not configs:
+        return []
+    for c in configs:
+        c.validate()
+    first = prepare(configs[0])
+    reason = "--stacked off" if stacked == "off" else sweep_blocker(configs, first)
+    timing: dict[str, float] = {}
+    if reason is None:
+        preparations = {configs[0].seed: first}
+        for c in configs[1:]:
+            if c.seed not in preparations:
+                preparations[c.seed] = prepare(c)
+        params = _stack([preparations[c.seed].model for c in configs])
+        objective = StackedObjective(
+            StackedForward(first.model), first.loss_name,
+            [p.dim() >= 2 for p in first.model.parameters() if p.requires_grad],
+            configs[0].l1, configs[0].l2, first.chunk_size)
+        if stacked == "auto":
+            timing = _measure(objective, configs[0].optimizer, configs, params, first)
+            if timing["stacked"] >= 0.9 * len(configs) * timing["single"]:
+                reason = (f"a stacked step of {len(configs)} copies ({timing['stacked']:.3g} s) is not faster "
+                          f"than {len(configs)} single steps ({timing['single']:.3g} s each)")
+    if reason is not None:
+        results = []
+        for i, c in enumerate(configs):
+            result = run(c, prepared=first if i == 0 else None)
+            result.final["engine"]["sweep"] = f"sequential: {reason}"
+            results.append(result)
+            if on_result is not None:
+                on_result(i, result)
+        return results
+    return _run_stacked(configs, preparations, params, objective, timing, on_result)
+
+
+def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun], params: list[torch.Tensor],
+                 objective: StackedObjective, timing: dict[str, float],
+                 on_result: Callable[[int, RunResult], None] | None) -> list[RunResult]:
+    first = preparations[configs[0].seed]
+    c0 = configs[0]
+    K = len(configs)
+    rule = functional_rule(c0.optimizer, c0.lr, **c0.optimizer_params)
+    n = first.data.n_train
+    if len(preparations) == 1:
+        schedules = [first.schedule] * K
+    else:
+        schedules = [make_schedule(c.regime, n, batch_size=c.batch_size, last_batch=c.last_batch, seed=c.seed + 1)
+                     for c in configs]
+    steps = first.expected_steps
+    columns = []
+    for c in configs:
+        seq = _lr_sequence(c, steps)
+        columns.append(seq if seq is not None else [c.lr] * ((steps or 0) + 1))
+    lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
+    stop = StopRules(max_steps=c0.steps, max_epochs=c0.max_epochs, loss_tol=c0.loss_tol, grad_tol=c0.grad_tol,
+                     divergence_factor=c0.divergence_factor)
+    torch.manual_seed(c0.seed)
+    copies = stacked_train_loop(objective, rule, params, first.data, schedules, stop, lr_table=lr_table,
+                                eval_every=first.eval_every, log_every=first.log_every)
+    results = []
+    engine = {"path": "stacked", "reason": f"{K} runs stacked into one model", "copies": K, "block": None,
+              "compile_s": None, "step_s": dict(timing)}
+    for k, (c, record) in enumerate(zip(configs, copies)):
+        source = preparations[c.seed]
+        model = copy.deepcopy(source.model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            for p, value in zip(trainable, record.params):
+                p.copy_(value)
+        outcome = finish(
+            model, first.data, first.loss_fn, trainable, regularizer=make_regularizer(model, c.l1, c.l2),
+            chunk_size=first.chunk_size, train_mode=c.layer_mode == "train", shard=None, step=record.step,
+            samples=record.samples, train_time=record.train_time, status=record.status, reason=record.reason,
+            rollbacks=0, final_lr=float(lr_table[min(record.step, lr_table.shape[0] - 1), k]), loss_evaluations=None,
+            clip_factors=None, history=record.history, events=record.events, diagnostics={}, callbacks=(),
+        )
+        own = PreparedRun(**{**vars(source), "config": c, "model": model, "schedule": schedules[k]})
+        result = make_result(c, own, outcome, dict(engine))
+        results.append(result)
+        if on_result is not None:
+            on_result(k, result)
+    return results
+
+
+def sweep_configs(base: RunConfig, *, lrs: Sequence[float] = (), seeds: Sequence[int] = ()) -> list[RunConfig]:
+    """The configs of a grid over ``lrs`` x ``seeds`` (either may be empty: the base's value)."""
+    out = []
+    for seed in seeds or [base.seed]:
+        for lr in lrs or [base.lr]:
+            data: dict[str, Any] = {**base.to_dict(), "lr": float(lr), "seed": int(seed)}
+            out.append(RunConfig.from_dict(data))
+    return out

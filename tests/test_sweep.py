@@ -1,0 +1,181 @@
+"""Stacked sweeps: K copies trained as one stacked model equal K separate runs (float64, to
+rounding), including copies that diverge or reach their target early; the choice between stacked
+and sequential; grid and random searches through one sweep."""
+
+import numpy as np
+import pytest
+import torch
+
+from gdlab.config import RunConfig
+from gdlab.engine.stacked import StackedForward, per_copy_loss
+from gdlab.models.zoo import MLP
+from gdlab.optim.losses import get_loss
+from gdlab.store import RunStore
+from gdlab.study.runner import run_study
+from gdlab.study.spec import parse_study
+from gdlab.sweep import run_sweep, sweep_configs
+from gdlab.tune import search_learning_rate
+
+
+def assert_same(stacked, sequential, tol=1e-9):
+    assert stacked.final["engine"]["path"] == "stacked"
+    for key in ("step", "epochs", "status", "stop_reason", "gradient_evaluations"):
+        assert stacked.final[key] == sequential.final[key], key
+    for key in ("train_loss", "grad_norm", "test_loss", "test_accuracy", "final_lr"):
+        if sequential.final[key] is None:
+            assert stacked.final[key] is None
+        else:
+            assert stacked.final[key] == pytest.approx(sequential.final[key], rel=tol, abs=tol), key
+    assert [h["step"] for h in stacked.history] == [h["step"] for h in sequential.history]
+    for a, b in zip(sequential.history, stacked.history):
+        for key in ("batch_loss", "train_loss", "grad_norm", "lr", "test_loss", "test_accuracy", "epochs"):
+            if a[key] is None:
+                assert b[key] is None, (key, a["step"])
+            else:
+                assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), (key, a["step"])
+    assert [(e["step"], e["kind"]) for e in stacked.events] == [(e["step"], e["kind"]) for e in sequential.events]
+    for p, q in zip(sequential.model.parameters(), stacked.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=tol, atol=tol)
+
+
+def both(configs):
+    return run_sweep(configs, stacked="on"), run_sweep(configs, stacked="off")
+
+
+def test_full_batch_lr_grid_equals_separate_runs_including_the_diverging_ones():
+    """Eight learning rates for linear regression, half of them above 2/lambda_max: every copy's
+    history, events, stopping step and final parameters equal its own run; the stable ones are
+    not disturbed by the diverging ones."""
+    base = RunConfig.from_dict(dict(task="linreg", steps=150, nonfinite_policy="stop", dtype="float64",
+                                    eval_every=7, log_every=1, l2=0.01))
+    configs = sweep_configs(base, lrs=list(np.geomspace(0.05, 3.0, 8)))
+    stacked, sequential = both(configs)
+    statuses = {r.final["status"] for r in sequential}
+    assert statuses == {"completed", "diverged"}
+    for a, b in zip(stacked, sequential):
+        assert_same(a, b)
+
+
+def test_minibatch_seeds_and_lrs_equal_separate_runs():
+    """Momentum on a digits MLP, mini-batches of 50 with a partial last batch, 2 seeds x 3 rates
+    (each seed its own initialisation and sample order, the data fixed by data_seed)."""
+    base = RunConfig.from_dict(dict(task="digits", model="mlp:64-12-10:tanh", optimizer="momentum",
+                                    regime="minibatch", batch_size=50, max_epochs=2, nonfinite_policy="stop",
+                                    dtype="float64", data_seed=3, eval_every=5, log_every=1))
+    configs = sweep_configs(base, lrs=[0.01, 0.05, 0.2], seeds=[0, 1])
+    stacked, sequential = both(configs)
+    for a, b in zip(stacked, sequential):
+        assert_same(a, b)
+
+
+def test_stochastic_regression_with_different_seeds():
+    """Stochastic GD (B = 1, one sample per copy per step, each seed its own order) on linear
+    regression with an mse loss: the per-copy targets keep their copy."""
+    base = RunConfig.from_dict(dict(task="linreg", regime="stochastic", max_epochs=1, nonfinite_policy="stop",
+                                    dtype="float64", data_seed=0, eval_every=9, log_every=1))
+    configs = sweep_configs(base, lrs=[0.01, 0.1], seeds=[0, 1, 2])
+    stacked, sequential = both(configs)
+    for a, b in zip(stacked, sequential):
+        assert_same(a, b)
+
+
+def test_stochastic_logistic_with_schedule_and_loss_target():
+    """Stochastic GD (B = 1) on L2 logistic regression with a cosine schedule and a loss target
+    reached at different evaluation points by different copies."""
+    base = RunConfig.from_dict(dict(task="breast_cancer", model="logistic", regime="stochastic", max_epochs=1,
+                                    schedule="cosine", nonfinite_policy="stop", dtype="float64", l2=1e-3,
+                                    loss_tol=0.2, eval_every=40, log_every=7))
+    configs = sweep_configs(base, lrs=[0.003, 0.03, 0.3])
+    stacked, sequential = both(configs)
+    assert any(r.final["status"] == "target_reached" for r in sequential)
+    for a, b in zip(stacked, sequential):
+        assert_same(a, b)
+
+
+@pytest.mark.parametrize("loss,out_dim", [("mse", 3), ("mse", 1), ("cross_entropy", 4), ("bce", 1)])
+def test_per_copy_loss_equals_the_loss_of_each_copy(loss, out_dim):
+    gen = torch.Generator().manual_seed(0)
+    K, B = 3, 7
+    out = torch.randn(K, B, out_dim, generator=gen, dtype=torch.float64)
+    if loss == "mse":
+        y = torch.randn(B, out_dim, generator=gen, dtype=torch.float64)
+    else:
+        y = torch.randint(0, max(out_dim, 2), (B,), generator=gen)
+    values = per_copy_loss(loss, out, y)
+    per_copy_targets = torch.stack([y.roll(k, dims=0) for k in range(K)])
+    own = per_copy_loss(loss, out, per_copy_targets, per_copy=True)
+    for k in range(K):
+        assert float(values[k]) == pytest.approx(float(get_loss(loss)(out[k], y)), rel=1e-14)
+        assert float(own[k]) == pytest.approx(float(get_loss(loss)(out[k], per_copy_targets[k])), rel=1e-14)
+
+
+def test_stacked_forward_equals_each_model():
+    torch.manual_seed(0)
+    models = [MLP((5, 8, 8, 2), "sigmoid").double() for _ in range(3)]
+    params = [torch.stack(ps) for ps in zip(*[list(m.parameters()) for m in models])]
+    X = torch.randn(11, 5, dtype=torch.float64)
+    out = StackedForward(models[0])(params, X, False)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[k], m(X))
+
+
+def test_sweeps_that_cannot_stack_run_one_after_another_and_say_why():
+    lstm = sweep_configs(RunConfig.from_dict(dict(task="sine", model="lstm:4x1", steps=3, nonfinite_policy="stop")),
+                         lrs=[0.01, 0.1])
+    results = run_sweep(lstm, stacked="on")
+    assert all("sequential" in r.final["engine"]["sweep"] for r in results)
+    assert "RecurrentNet" in results[0].final["engine"]["sweep"]
+    rollback = sweep_configs(RunConfig.from_dict(dict(task="linreg", steps=3)), lrs=[0.01, 0.1])
+    assert "policy stop" in run_sweep(rollback)[0].final["engine"]["sweep"]
+    differ = [RunConfig.from_dict(dict(task="linreg", steps=3, nonfinite_policy="stop")),
+              RunConfig.from_dict(dict(task="linreg", steps=4, nonfinite_policy="stop"))]
+    assert "differ in steps" in run_sweep(differ)[0].final["engine"]["sweep"]
+
+
+def test_auto_runs_sequentially_when_stacking_measures_slower(monkeypatch):
+    import gdlab.sweep as sweep
+
+    monkeypatch.setattr(sweep, "_measure", lambda *a, **k: {"stacked": 1.0, "single": 0.01})
+    configs = sweep_configs(RunConfig.from_dict(dict(task="linreg", steps=5, nonfinite_policy="stop")),
+                            lrs=[0.01, 0.1, 0.2])
+    results = run_sweep(configs)
+    assert "not faster" in results[0].final["engine"]["sweep"]
+
+
+@pytest.mark.parametrize("kind", ["grid", "random"])
+def test_a_search_evaluated_as_one_sweep_tries_the_same_rates(kind):
+    """Asking every grid/random trial before telling any changes nothing: the same rates, the
+    same best as one-at-a-time evaluation."""
+    f = lambda lr: (np.log10(lr) + 1.3) ** 2  # noqa: E731
+    one = search_learning_rate(kind, 7, 1e-3, 1.0, lambda n, lr: f(lr), seed=4)
+    calls = []
+
+    def many(trials):
+        calls.append(len(trials))
+        return [f(lr) for _, lr in trials]
+
+    batch = search_learning_rate(kind, 7, 1e-3, 1.0, lambda n, lr: f(lr), seed=4, evaluate_many=many)
+    assert calls == [7]
+    assert batch.trials == one.trials and batch.best_lr == one.best_lr
+
+
+def test_a_study_tunes_with_stacked_sweeps(tmp_path, monkeypatch):
+    """The study runner sends a grid's trials through one sweep: the stored tuning runs of a
+    linear task were stacked (the measurement is pinned to favour stacking), the final seed runs
+    were not."""
+    import gdlab.sweep as sweep
+
+    monkeypatch.setattr(sweep, "_measure", lambda *a, **k: {"stacked": 0.001, "single": 0.01})
+    spec = parse_study({
+        "name": "stacked", "workers": 1, "seeds": [0],
+        "tuning": {"sampler": "grid", "trials": 4, "seed": 0},
+        "tasks": [{"name": "lin", "task": "linreg", "budget": {"epochs": 40}, "target": {"train_loss": 0.6}}],
+        "optimizers": [{"name": "gd", "optimizer": "gd", "regime": "full", "lr": {"low": 0.01, "high": 1.0}}],
+    })
+    run_study(spec, tmp_path / "s.db", workers=1)
+    with RunStore(tmp_path / "s.db") as store:
+        runs = store.runs(study="stacked")
+    tune = [r for r in runs if r.phase == "tune"]
+    assert len(tune) == 4
+    assert {r.final["engine"]["path"] for r in tune} == {"stacked"}
+    assert {r.final["engine"]["path"] for r in runs if r.phase == "final"} == {"eager"}
