@@ -39,6 +39,7 @@ from gdlab.distributed import Shard, broadcast_parameters, make_shard, world_siz
 from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
 from gdlab.engine.fast import (
     AUTO_COMPILE_MIN_S,
+    AUTO_COMPILE_MIN_STEPS,
     FastPathChoice,
     StepFunctions,
     block_length,
@@ -449,6 +450,9 @@ def plan_fast_path(
     if config.compile == "auto":
         if config.deterministic:
             return None, FastPathChoice("eager", "deterministic runs use the eager loop")
+        if (prepared.expected_steps or 0) < AUTO_COMPILE_MIN_STEPS and config.time_budget_s is None:
+            return None, FastPathChoice("eager", f"the run is too short to repay compiling "
+                                                 f"(fewer than {AUTO_COMPILE_MIN_STEPS} steps)")
         eager_s = eager_step_time(prepared.model, prepared.loss_fn, data.X_train, data.y_train, prepared.chunk_size)
         budget = [t for t in ((prepared.expected_steps or 0) * eager_s, config.time_budget_s) if t]
         estimate = min(budget) if budget else 0.0

@@ -50,6 +50,7 @@ from gdlab.optim.functional import FUNCTIONAL_RULES, FunctionalRule, clip_functi
 
 MAX_BLOCK = 16
 AUTO_COMPILE_MIN_S = 60.0
+AUTO_COMPILE_MIN_STEPS = 500
 COMPILE_CHOICES = ("auto", "on", "off")
 
 
@@ -198,8 +199,9 @@ def try_compile(
 
 
 def eager_step_time(model: torch.nn.Module, loss_fn: LossFn, X: Tensor, y: Tensor,
-                    chunk_size: int | None, repeats: int = 3) -> float:
-    """Median seconds of one eager full-batch gradient (a lower bound of an eager step)."""
+                    chunk_size: int | None, repeats: int = 1) -> float:
+    """Median seconds of one eager full-batch gradient over ``repeats`` (a lower bound of an
+    eager step)."""
     params = [p for p in model.parameters() if p.requires_grad]
     times = []
     for _ in range(repeats):
