@@ -71,15 +71,7 @@ class StackedForward:
     def __call__(self, params: Sequence[Tensor], X: Tensor, per_copy: bool) -> Tensor:
         h = X.flatten(2) if per_copy else X.flatten(1)
         for kind, what in self.steps:
-            if kind == "linear" and h.dim() == 2:
-                # input shared by the copies: one (B, in) x (in, K*out) product, not K of them
-                w, b = what
-                W = params[w]
-                K, out = W.shape[0], W.shape[1]
-                h = (h @ W.reshape(K * out, -1).T).reshape(-1, K, out).transpose(0, 1)
-                if b is not None:
-                    h = h + params[b].unsqueeze(1)
-            elif kind == "linear":
+            if kind == "linear":
                 w, b = what
                 h = torch.matmul(h, params[w].transpose(1, 2))
                 if b is not None:
@@ -100,8 +92,7 @@ def per_copy_loss(name: str, out: Tensor, y: Tensor, per_copy: bool = False) -> 
         return 0.5 * diff.square().sum(dim=2).mean(dim=1)
     labels = y.reshape(lead, B).expand(K, B)
     if name == "cross_entropy":
-        flat = F.cross_entropy(out.reshape(K * B, -1), labels.reshape(K * B).long(), reduction="none")
-        return flat.reshape(K, B).mean(dim=1)
+        return F.cross_entropy(out.transpose(1, 2), labels.long(), reduction="none").mean(dim=1)
     return F.binary_cross_entropy_with_logits(out.reshape(K, B), labels.to(out.dtype), reduction="none").mean(dim=1)
 
 
