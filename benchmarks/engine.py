@@ -3,14 +3,16 @@
 Case: an MLP 784-512-512-10 (relu, float32, 670k parameters), cross-entropy, random data
 (N = 60,000 rows; ``--quick``: 8,192). One gradient by the engine with its default chunk size
 (calibrated once, then cached) is timed against baselines measured in the same process, in
-alternation (each round runs every contender once, so load changes hit them alike), as medians
-over ``--repeats`` rounds after one warm-up round:
+alternation (each round runs every contender once, in a random order, so load changes and the
+allocator state left by the previous contender hit them alike), as medians over ``--repeats``
+rounds (7; ``--quick``: 2) after one warm-up round:
 
 * floor: one forward+backward over the whole set in one batch;
 * hand loops: ``for chunk: loss = ce(model(Xc), yc) * len/N; loss.backward()`` with chunk sizes
   swept over powers of two (256 up to N), the best of them;
 * naive: ``DataLoader(TensorDataset(X, y), batch_size=128)`` with a backward per batch;
-* bf16: the engine with ``autocast=torch.bfloat16`` (float32 parameters), for information.
+* for information: the engine with ``autocast=torch.bfloat16`` (float32 parameters), and with
+  ``accumulate=torch.float64`` (float32 chunk gradients summed in float64).
 
 Memory: for N = 100,000 and 1,000,000 rows (``--quick``: 20,000 and 100,000, with a 32 MiB chunk
 budget), a fresh subprocess builds the data, runs one gradient with the default chunk size (read
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -52,7 +55,7 @@ from gdlab.engine.gradient import chunk_choice, full_batch_loss_and_grad
 WIDTHS = (784, 512, 512, 10)
 NAIVE_BATCH = 128
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
-SIZES = {"full": {"n": 60_000, "memory": (100_000, 1_000_000), "budget_mb": None, "repeats": 5},
+SIZES = {"full": {"n": 60_000, "memory": (100_000, 1_000_000), "budget_mb": None, "repeats": 7},
          "quick": {"n": 8_192, "memory": (20_000, 100_000), "budget_mb": 32.0, "repeats": 2}}
 
 
@@ -100,13 +103,15 @@ def naive_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
 
 def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function over ``repeats`` rounds after ``warmup`` rounds; every
-    round calls every function once, in turn, starting one further along each round (so no
-    function always follows the same one)."""
+    round calls every function once, in a new random order: what ran just before (the allocator
+    state left by large chunks, say) changes a time by several percent, so no function may
+    always follow the same one."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
+    order = random.Random(0)
     for round_ in range(warmup + repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+        names = list(fns)
+        order.shuffle(names)
+        for name in names:
             fn = fns[name]
             start = time.perf_counter()
             fn()
@@ -197,6 +202,7 @@ def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
     fns: dict[str, Callable[[], object]] = {
         "gdlab": lambda: full_batch_loss_and_grad(model, ce, X, y),
         "gdlab bf16": lambda: full_batch_loss_and_grad(model, ce, X, y, autocast=torch.bfloat16),
+        "gdlab acc64": lambda: full_batch_loss_and_grad(model, ce, X, y, accumulate=torch.float64),
         "floor": lambda: hand_loop(model, X, y, n),
         "naive": lambda: naive_loop(model, X, y),
         **{f"hand {c}": (lambda c=c: hand_loop(model, X, y, c)) for c in chunks},
@@ -225,14 +231,16 @@ def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
                     f"{default_allocator[n_small]['beyond_data_mib']:.0f} MiB" if default_allocator else "")),
         Row("engine", case, "bf16 autocast / float32", seconds["gdlab bf16"] / gdlab,
             note=f"gdlab with autocast bfloat16: {seconds['gdlab bf16']:.3g} s, chunk {bf16_choice.size}"),
+        Row("engine", case, "float64 accumulation / float32", seconds["gdlab acc64"] / gdlab,
+            note=f"float32 chunks summed in float64: {seconds['gdlab acc64']:.3g} s"),
         Row("engine", case, "chunk calibration cost", choice.seconds, unit="s",
             note=f"{gradient_equivalents:.2g} gradient evaluations; chose {choice.size} of "
-                 f"{sorted(choice.timings) or '-'}"),
+                 f"{sorted(choice.timings) or '-'}" + (f"; {choice.reason}" if choice.reason else "")),
     ]
     meta = {
         "quick": quick, "repeats": repeats, "warmup": 1, "n": n, "model": "mlp:784-512-512-10:relu",
         "loss": "cross_entropy", "dtype": "float32", "seconds": seconds, "best_hand_chunk": best_chunk,
-        "chunk": {"size": choice.size, "source": choice.source, "seconds": choice.seconds,
+        "chunk": {"size": choice.size, "source": choice.source, "seconds": choice.seconds, "reason": choice.reason,
                   "seconds_per_row": {str(k): v for k, v in choice.timings.items()}},
         "bf16_chunk": {"size": bf16_choice.size, "source": bf16_choice.source, "seconds": bf16_choice.seconds,
                        "seconds_per_row": {str(k): v for k, v in bf16_choice.timings.items()}},

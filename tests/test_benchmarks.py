@@ -72,7 +72,8 @@ def test_engine_benchmark_quick_writes_its_table(tmp_path):
     assert set(data) == {"machine", "meta", "rows"}
     metrics = {row["metric"]: row for row in data["rows"]}
     assert set(metrics) == {"gdlab / floor", "gdlab / best hand loop", "naive / gdlab",
-                            "peak memory beyond data", "bf16 autocast / float32", "chunk calibration cost"}
+                            "peak memory beyond data", "bf16 autocast / float32", "float64 accumulation / float32",
+                            "chunk calibration cost"}
     for row in data["rows"]:
         assert row["benchmark"] == "engine" and math.isfinite(row["value"]) and row["value"] > 0
         assert (row["ok"] is None) == (row["target"] is None)

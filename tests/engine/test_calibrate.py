@@ -22,6 +22,7 @@ from gdlab.engine.calibrate import (
     cache_key,
     candidate_chunk_sizes,
     choose_chunk_size,
+    pick_chunk_size,
     time_candidates,
 )
 from gdlab.engine.gradient import auto_chunk_size, chunk_choice, full_batch_loss_and_grad
@@ -69,6 +70,16 @@ def test_candidates_are_powers_of_two_from_256_up_to_the_cap():
     assert candidate_chunk_sizes(9644) == [256, 512, 1024, 2048, 4096, 8192]
     assert candidate_chunk_sizes(512) == [256, 512]
     assert candidate_chunk_sizes(255) == []
+
+
+def test_pick_takes_the_fastest_or_the_middle_of_those_within_noise():
+    """A clear winner wins; candidates within 3% of the fastest are a tie, broken toward the
+    middle size (the smaller of two), away from both edges of a flat region."""
+    assert pick_chunk_size({256: 9.0, 512: 5.0, 1024: 4.0, 2048: 5.0}) == 1024
+    assert pick_chunk_size({256: 13.0, 512: 11.4, 1024: 11.1, 2048: 11.0, 4096: 10.9, 8192: 10.8}) == 2048
+    assert pick_chunk_size({256: 13.0, 512: 11.4, 1024: 11.0, 2048: 10.8, 4096: 12.0}) == 1024
+    assert pick_chunk_size({256: 1.0, 512: 1.2}) == 256
+    assert pick_chunk_size({256: 1.0, 512: 1.0}, near_best=0.0) == 256
 
 
 def test_timings_are_seconds_per_row_of_the_cost_model():
@@ -134,9 +145,10 @@ def test_batchnorm_and_calibrate_off_use_the_memory_cap():
 
 
 def test_cached_in_process_then_on_disk(fresh_cache):
+    """(busy_share=0: a sleeping model uses no CPU, which would otherwise read as a busy machine.)"""
     model = Costed(1e-3, 0.0)
     X, y = data(16384)
-    first = choose_chunk_size(model, ce, X, y, max_chunk=4096, budget_s=0.2)
+    first = choose_chunk_size(model, ce, X, y, max_chunk=4096, budget_s=0.2, busy_share=0.0)
     seen = model.rows_seen
     assert first.source == "calibrated" and seen > 0
 
@@ -156,9 +168,21 @@ def test_corrupt_cache_file_is_ignored_and_rewritten(fresh_cache, content):
     (fresh_cache / CACHE_FILE).write_text(content, errors="surrogateescape")
     model = Costed(1e-3, 0.0)
     X, y = data(16384)
-    choice = choose_chunk_size(model, ce, X, y, max_chunk=1024, budget_s=0.1)
+    choice = choose_chunk_size(model, ce, X, y, max_chunk=1024, budget_s=0.1, busy_share=0.0)
     assert choice.source == "calibrated"
     assert json.loads((fresh_cache / CACHE_FILE).read_text()) == {cache_key(model, X, None, 1024): choice.size}
+
+
+def test_calibration_on_a_busy_cpu_is_not_cached_on_disk(fresh_cache, monkeypatch):
+    """When the process got little CPU time while timing (here: none, the clock is frozen), the
+    result serves this process but is not written for later ones."""
+    monkeypatch.setattr(calibrate, "_cpu_clock", lambda: 0.0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    X, y = data(16384, d=4)
+    busy = choose_chunk_size(model, ce, X, y, max_chunk=2048, budget_s=0.1)
+    assert busy.source == "calibrated" and "busy" in busy.reason
+    assert not (fresh_cache / CACHE_FILE).exists()
+    assert choose_chunk_size(model, ce, X, y, max_chunk=2048).source == "cache"  # in process
 
 
 def test_unwritable_cache_directory_is_not_an_error(tmp_path, monkeypatch):

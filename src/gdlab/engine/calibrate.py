@@ -5,10 +5,15 @@ small chunks pay a fixed cost per forward/backward pass (kernel launches, autogr
 the gradient accumulation), large ones leave the CPU caches and make the allocator map fresh
 pages every pass. Which size is fastest depends on the model, the machine and the thread count,
 so :func:`choose_chunk_size` times the candidates (powers of two from 256 up to the memory cap
-and N/4) on consecutive rows of the data and keeps the fastest per row.
+and N/4) on consecutive rows of the data and keeps the fastest per row, up to measurement noise:
+candidates within ``NEAR_BEST`` (3%) of the fastest cannot be told apart by a one-second timing,
+so the middle one in size is taken (the lower of two), furthest from both edges of the flat
+region, where per-pass overhead (small chunks) or memory traffic (large chunks) takes over.
 
 Cost: one round over the candidates, then more rounds while they stay within ``budget_s``
-(about 1 s), never more than 2N rows in all (two gradient evaluations). Calibration is
+(about 1 s), never more than 2N rows in all (two gradient evaluations). Timings taken while other
+processes compete for the CPU favour large chunks (OpenMP threads waiting on each other cost a
+fixed time per pass); such a calibration is used but not cached on disk. Calibration is
 skipped (the memory cap, or one chunk of N rows, is used as before) when N is below
 ``MIN_CALIBRATION_ROWS``, when fewer than two candidates fit, or when the model has BatchNorm
 (its objective depends on the chunk size in training mode, so the size must not depend on timing).
@@ -44,6 +49,8 @@ MIN_CANDIDATE = 256
 MIN_CALIBRATION_ROWS = 8192
 BUDGET_S = 1.0
 MAX_ROUNDS = 3
+NEAR_BEST = 0.03
+BUSY_CPU_SHARE = 0.75
 CACHE_ENV = "GDLAB_CACHE_DIR"
 CACHE_FILE = "chunk_sizes.json"
 
@@ -160,6 +167,11 @@ def _write_disk_cache(path: Path, key: str, size: int) -> None:
         pass
 
 
+def _cpu_clock() -> float:
+    """CPU seconds used by this process, all threads together."""
+    return time.process_time()
+
+
 def _synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so that a timing covers the work and not just its launch."""
     if device.type == "cuda":
@@ -203,7 +215,7 @@ def time_candidates(
 
     Rows are taken consecutively from ``X`` (N, ...) and ``y``, wrapping around, so the data
     stream from memory as in a real evaluation. Each round times every candidate on about the
-    same number of rows (at least one chunk); rounds repeat, up to ``MAX_ROUNDS``, while the
+    same number of rows (at least two chunks); rounds repeat, up to ``MAX_ROUNDS``, while the
     total stays under ``budget_s`` seconds and ``max_rows`` rows (default 2N). The fastest round
     of each candidate is kept, which discounts interference from other processes.
     """
@@ -240,7 +252,9 @@ def time_candidates(
         row_s = max(run_chunks(candidates[0], 1), 1e-9) / candidates[0]
         round_rows = min(max_rows / MAX_ROUNDS, budget_s / MAX_ROUNDS / row_s)
         trial_rows = round_rows / len(candidates)
-        counts = {c: max(1, int(trial_rows // c)) for c in candidates}
+        # Two chunks at least: a lone chunk misses the steady state of back-to-back passes
+        # (allocator reuse), which large chunks feel most.
+        counts = {c: max(2, int(trial_rows // c)) for c in candidates}
         rows_per_round = sum(c * k for c, k in counts.items())
         used = 2 * candidates[0]
         for round_ in range(MAX_ROUNDS):
@@ -252,6 +266,14 @@ def time_candidates(
                 best[size] = min(best.get(size, math.inf), per_row)
             used += rows_per_round
     return best
+
+
+def pick_chunk_size(timings: dict[int, float], near_best: float = NEAR_BEST) -> int:
+    """The chunk size to use given seconds per row of each candidate: among the sizes within
+    ``near_best`` (relative) of the fastest, the middle one (the smaller of the two middle ones)."""
+    fastest = min(timings.values())
+    near = sorted(size for size, t in timings.items() if t <= fastest * (1 + near_best))
+    return near[(len(near) - 1) // 2]
 
 
 def batch_dependent(model: nn.Module) -> bool:
@@ -270,16 +292,19 @@ def choose_chunk_size(
     calibrate: bool = True,
     use_cache: bool = True,
     budget_s: float = BUDGET_S,
+    busy_share: float = BUSY_CPU_SHARE,
 ) -> ChunkChoice:
     """The fastest chunk size (rows) for a full-batch gradient over ``X`` (N, ...), at most
     ``max_chunk`` (the memory cap), by timing or from the cache; see the module docstring.
 
     Without calibration (``calibrate=False``, small N, BatchNorm) the size is
-    ``min(max_chunk, N)``: one chunk holding every row when they fit.
+    ``min(max_chunk, N)``: one chunk holding every row when they fit. On CPU, a timing during
+    which this process got less than ``busy_share`` of its threads' CPU time (other processes
+    competed for the cores) is used in this process but not written to the disk cache.
     """
     n = int(X.shape[0])
     fallback = max(1, min(max_chunk, n))
-    # Candidates up to N/4 keep the first round (each candidate at least once) within N rows.
+    # Candidates up to N/4 keep the first round's compulsory two chunks each within N rows.
     candidates = candidate_chunk_sizes(min(max_chunk, n // 4))
     reason = ""
     if not calibrate:
@@ -303,9 +328,17 @@ def choose_chunk_size(
         if cached in candidates:
             _memory_cache[key] = cached
             return ChunkChoice(cached, "cache", seconds=time.perf_counter() - start)
+    cpu_start = _cpu_clock()
     timings = time_candidates(model, loss_fn, X, y, candidates, autocast=autocast, budget_s=budget_s)
-    size = min(timings, key=timings.__getitem__)
+    seconds = time.perf_counter() - start
+    share = (_cpu_clock() - cpu_start) / (seconds * torch.get_num_threads())
+    size = pick_chunk_size(timings)
+    busy = X.device.type == "cpu" and share < busy_share
+    if busy:
+        reason = (f"the CPU was busy during calibration (this process got {share:.0%} of "
+                  f"{torch.get_num_threads()} threads' time): not cached on disk")
     if use_cache:
         _memory_cache[key] = size
-        _write_disk_cache(path, key, size)
-    return ChunkChoice(size, "calibrated", seconds=time.perf_counter() - start, timings=timings)
+        if not busy:
+            _write_disk_cache(path, key, size)
+    return ChunkChoice(size, "calibrated", seconds=seconds, reason=reason, timings=timings)
