@@ -97,10 +97,10 @@ def test_timings_are_seconds_per_row_of_the_cost_model():
 def test_fastest_per_row_wins_an_interior_optimum():
     """Per-row cost overhead/c + quad*c is smallest at c* = 1024 (25% below its neighbours)."""
     overhead, quad = 10e-3, 10e-3 / 1024**2
-    X, y = data(16384)
+    X, y = data(32768)
     choice = choose_chunk_size(Costed(overhead, quad), ce, X, y, max_chunk=10**6, budget_s=0.6)
     assert choice.source == "calibrated" and choice.calibrated
-    assert sorted(choice.timings) == [256, 512, 1024, 2048, 4096]  # up to N/4
+    assert sorted(choice.timings) == [256, 512, 1024, 2048, 4096]  # up to N/8
     assert choice.size == int(math.sqrt(overhead / quad)) == 1024
 
 
@@ -159,7 +159,7 @@ def test_cached_in_process_then_on_disk(fresh_cache):
     from_disk = choose_chunk_size(model, ce, X, y, max_chunk=4096)
     assert (from_disk.size, from_disk.source) == (first.size, "cache") and model.rows_seen == seen
     stored = json.loads((fresh_cache / CACHE_FILE).read_text())
-    assert stored == {cache_key(model, X, None, 4096): first.size}
+    assert stored == {cache_key(model, X, None, 2048): first.size}  # largest candidate: N/8
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"k": "eight"}', "\x00\xff"])
@@ -254,7 +254,7 @@ def test_default_chunk_size_is_calibrated_and_the_gradient_stays_exact():
     res = full_batch_loss_and_grad(model, ce, X, y)
     choice = chunk_choice(model, ce, X, y)
     assert choice.source == "cache"  # calibrated by the call above
-    assert choice.size in candidate_chunk_sizes(min(auto_chunk_size(model, X), 12000 // 4))
+    assert choice.size in candidate_chunk_sizes(min(auto_chunk_size(model, X), 12000 // 8))
     assert res.num_chunks == math.ceil(12000 / choice.size)
     for p, r in zip(params, ref):
         torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
@@ -265,7 +265,7 @@ def test_run_record_says_which_chunk_size_and_whether_calibrated():
     calibrated = run(RunConfig(**config)).to_record()
     env = calibrated["environment"]
     assert env["chunk_source"] == "calibrated" and env["chunk_calibrated"] is True
-    assert env["chunk_size"] == calibrated["config"]["chunk_size"] in candidate_chunk_sizes(9600 // 4)
+    assert env["chunk_size"] == calibrated["config"]["chunk_size"] in candidate_chunk_sizes(9600 // 8)
 
     cached = run(RunConfig(**config)).to_record()["environment"]
     assert (cached["chunk_source"], cached["chunk_size"]) == ("cache", env["chunk_size"])

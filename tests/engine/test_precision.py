@@ -55,7 +55,7 @@ def rel(a, b):
 
 def test_float64_accumulation_of_float32_chunks_shrinks_the_error():
     """With 1024 float32 chunks, summing them in float64 is several times closer to the float64
-    whole-set gradient than summing in float32, whose error grows with the number of chunks."""
+    whole-set gradient than summing in float32, and closer than one float32 pass over the set."""
     model, X, y = case()
     ref_loss, ref = float64_reference(model, X, y)
     errors = {}
@@ -66,7 +66,10 @@ def test_float64_accumulation_of_float32_chunks_shrinks_the_error():
             errors[chunk, acc] = rel(flat_grad(model), ref), abs(res.loss - ref_loss)
     grad_err = {k: v[0] for k, v in errors.items()}
     assert grad_err[4, torch.float64] < grad_err[4, torch.float32] / 4
-    assert grad_err[4, torch.float32] > 2 * grad_err[N, torch.float32]  # float32 sums degrade
+    # One float32 pass over the whole set is itself only as good as its BLAS's float32
+    # reductions (8e-7 on an AMD EPYC, 2e-7 on an Intel Xeon); float64 sums of float32 chunks
+    # beat it wherever it runs.
+    assert grad_err[4, torch.float64] < grad_err[N, torch.float32]
     assert grad_err[4, torch.float64] < 1e-7  # what is left is each chunk's own float32 rounding
     assert errors[4, torch.float64][1] <= errors[4, torch.float32][1] + 1e-9
 

@@ -5,7 +5,7 @@ small chunks pay a fixed cost per forward/backward pass (kernel launches, autogr
 the gradient accumulation), large ones leave the CPU caches and make the allocator map fresh
 pages every pass. Which size is fastest depends on the model, the machine and the thread count,
 so :func:`choose_chunk_size` times the candidates (powers of two from 256 up to the memory cap
-and N/4) on consecutive rows of the data and keeps the fastest per row, up to measurement noise:
+and N/8) on consecutive rows of the data and keeps the fastest per row, up to measurement noise:
 candidates within ``NEAR_BEST`` (3%) of the fastest cannot be told apart by a one-second timing,
 so the middle one in size is taken (the lower of two), furthest from both edges of the flat
 region, where per-pass overhead (small chunks) or memory traffic (large chunks) takes over.
@@ -215,7 +215,7 @@ def time_candidates(
 
     Rows are taken consecutively from ``X`` (N, ...) and ``y``, wrapping around, so the data
     stream from memory as in a real evaluation. Each round times every candidate on about the
-    same number of rows (at least two chunks); rounds repeat, up to ``MAX_ROUNDS``, while the
+    same number of rows (one untimed pass, then at least two timed ones); rounds repeat, up to ``MAX_ROUNDS``, while the
     total stays under ``budget_s`` seconds and ``max_rows`` rows (default 2N). The fastest round
     of each candidate is kept, which discounts interference from other processes.
     """
@@ -252,16 +252,17 @@ def time_candidates(
         row_s = max(run_chunks(candidates[0], 1), 1e-9) / candidates[0]
         round_rows = min(max_rows / MAX_ROUNDS, budget_s / MAX_ROUNDS / row_s)
         trial_rows = round_rows / len(candidates)
-        # Two chunks at least: a lone chunk misses the steady state of back-to-back passes
-        # (allocator reuse), which large chunks feel most.
+        # A real evaluation is back-to-back passes of one size: each trial first runs one
+        # untimed pass (the change of size costs the allocator fresh pages), then times two or more.
         counts = {c: max(2, int(trial_rows // c)) for c in candidates}
-        rows_per_round = sum(c * k for c, k in counts.items())
+        rows_per_round = sum(c * (k + 1) for c, k in counts.items())
         used = 2 * candidates[0]
         for round_ in range(MAX_ROUNDS):
             over_time = time.perf_counter() - started >= budget_s
             if round_ > 0 and (over_time or used + rows_per_round > max_rows):
                 break
             for size in candidates:
+                run_chunks(size, 1)
                 per_row = run_chunks(size, counts[size]) / (size * counts[size])
                 best[size] = min(best.get(size, math.inf), per_row)
             used += rows_per_round
@@ -304,8 +305,8 @@ def choose_chunk_size(
     """
     n = int(X.shape[0])
     fallback = max(1, min(max_chunk, n))
-    # Candidates up to N/4 keep the first round's compulsory two chunks each within N rows.
-    candidates = candidate_chunk_sizes(min(max_chunk, n // 4))
+    # Candidates up to N/8 keep the first round's compulsory three passes each within N rows.
+    candidates = candidate_chunk_sizes(min(max_chunk, n // 8))
     reason = ""
     if not calibrate:
         reason = "calibration off"
