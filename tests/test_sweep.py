@@ -94,9 +94,10 @@ def test_stochastic_logistic_with_schedule_and_loss_target():
 
 @pytest.mark.parametrize("loss,out_dim", [("mse", 3), ("mse", 1), ("cross_entropy", 4), ("bce", 1)])
 def test_per_copy_loss_equals_the_loss_of_each_copy(loss, out_dim):
+    """Reference: gdlab's own loss of copy k's outputs out[:, k] (batch-major layout)."""
     gen = torch.Generator().manual_seed(0)
     K, B = 3, 7
-    out = torch.randn(K, B, out_dim, generator=gen, dtype=torch.float64)
+    out = torch.randn(B, K, out_dim, generator=gen, dtype=torch.float64)
     if loss == "mse":
         y = torch.randn(B, out_dim, generator=gen, dtype=torch.float64)
     else:
@@ -105,18 +106,26 @@ def test_per_copy_loss_equals_the_loss_of_each_copy(loss, out_dim):
     per_copy_targets = torch.stack([y.roll(k, dims=0) for k in range(K)])
     own = per_copy_loss(loss, out, per_copy_targets, per_copy=True)
     for k in range(K):
-        assert float(values[k]) == pytest.approx(float(get_loss(loss)(out[k], y)), rel=1e-14)
-        assert float(own[k]) == pytest.approx(float(get_loss(loss)(out[k], per_copy_targets[k])), rel=1e-14)
+        assert float(values[k]) == pytest.approx(float(get_loss(loss)(out[:, k], y)), rel=1e-14)
+        assert float(own[k]) == pytest.approx(float(get_loss(loss)(out[:, k], per_copy_targets[k])), rel=1e-14)
 
 
-def test_stacked_forward_equals_each_model():
+@pytest.mark.parametrize("layers", [(5, 2), (5, 8, 8, 2)])
+def test_stacked_forward_equals_each_model(layers):
+    """Shared input (one GEMM for the first layer, batched products after it) and one batch per
+    copy (batched products throughout) both give each model's own forward pass."""
     torch.manual_seed(0)
-    models = [MLP((5, 8, 8, 2), "sigmoid").double() for _ in range(3)]
+    models = [MLP(layers, "sigmoid").double() for _ in range(3)]
     params = [torch.stack(ps) for ps in zip(*[list(m.parameters()) for m in models])]
     X = torch.randn(11, 5, dtype=torch.float64)
     out = StackedForward(models[0])(params, X, False)
+    assert out.shape == (11, 3, layers[-1])
     for k, m in enumerate(models):
-        torch.testing.assert_close(out[k], m(X))
+        torch.testing.assert_close(out[:, k], m(X))
+    X_own = torch.randn(3, 11, 5, dtype=torch.float64)
+    own = StackedForward(models[0])(params, X_own, True)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(own[:, k], m(X_own[k]))
 
 
 def test_sweeps_that_cannot_stack_run_one_after_another_and_say_why():
