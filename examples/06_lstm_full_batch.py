@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import Checks, parse_args, print_table, save_figure
+from _shared import Checks, parse_args, positive_int, print_table, save_figure
 from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
@@ -45,13 +45,6 @@ MODEL = "lstm:32x1"
 BATCH = 32  # what Keras' fit and most DataLoader examples use when no batch size is given
 MOMENTUM = 0.9
 TRIALS = 3
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import Checks, parse_args, print_table, save_figure
+from _shared import Checks, parse_args, positive_int, print_table, save_figure
 from matplotlib.figure import Figure
 
 from gdlab.data import load_task
@@ -43,13 +43,6 @@ from gdlab.study.summary import summarize_study
 PUBLISHED = {"logistic": 0.32, "cnn": 0.94}  # MNIST-1D test accuracy, Greydanus (2020), README table
 TUNING_SEED = 100
 BATCH = 100
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

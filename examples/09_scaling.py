@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import Checks, parse_args, print_table, save_figure
+from _shared import Checks, parse_args, positive_int, print_table, save_figure
 from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
@@ -38,13 +38,6 @@ from gdlab.engine import full_batch_loss_and_grad
 from gdlab.runner import prepare, run
 
 TASK, MODEL, LR = "spirals", "mlp:2-64-64-2:tanh", 0.1
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,14 @@ if not _console.is_terminal:
     _console = Console(highlight=False, soft_wrap=True, width=140)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value exits 2 with argparse's one-line message)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def parse_args(
     description: str,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,

@@ -7,15 +7,8 @@ references agreed with gdlab. The scripts run in subprocesses, as a user runs th
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = {
     "01_linear_regression.py": ["01_linear_regression.png"],
     "02_learning_rate_selection.py": ["02_learning_rate_selection.png"],
@@ -25,33 +18,12 @@ SCRIPTS = {
 }
 
 
-def run_example(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], check=False,
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=EXAMPLES.parent)
-
-
-def load_shared():
-    spec = importlib.util.spec_from_file_location("examples_shared", EXAMPLES / "_shared.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_example_runs_quick_and_its_self_checks_pass(script, tmp_path):
-    result = run_example(script, "--quick", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "FAIL" not in result.stdout
-    assert "checks passed" in result.stdout
-    for png in SCRIPTS[script]:
-        path = tmp_path / png
-        assert path.is_file() and path.stat().st_size > 10_000, f"{png} missing or empty"
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_example_runs_quick_and_its_self_checks_pass(script, tmp_path, assert_quick_run_passes):
+    assert_quick_run_passes(script, SCRIPTS[script], tmp_path)
 
 
-def test_linear_regression_with_a_step_above_two_over_lambda_max_fails_its_check(tmp_path):
+def test_linear_regression_with_a_step_above_two_over_lambda_max_fails_its_check(tmp_path, run_example):
     """lambda_max(A^T A / m) of the case-1 data is 2.418 (numpy eigvalsh), so lr 1.0 > 2/2.418 = 0.827
     diverges and GD cannot reach the lstsq solution: the script must say so and exit non-zero."""
     result = run_example("01_linear_regression.py", "--quick", "--lr", "1.0", "--out", str(tmp_path))
@@ -62,7 +34,7 @@ def test_linear_regression_with_a_step_above_two_over_lambda_max_fails_its_check
     assert "PASS gdlab's sharpness" in result.stdout
 
 
-def test_bad_command_line_values_exit_2_with_one_line(tmp_path):
+def test_bad_command_line_values_exit_2_with_one_line(tmp_path, run_example):
     a_file = tmp_path / "not_a_folder"
     a_file.write_text("x")
     for args in (["--lr", "-1"], ["--steps", "0"], ["--out", str(a_file)]):
@@ -73,8 +45,8 @@ def test_bad_command_line_values_exit_2_with_one_line(tmp_path):
         assert len(errors) == 1, result.stderr
 
 
-def test_checks_report_every_claim_and_fail_on_any_failure(capsys):
-    shared = load_shared()
+def test_checks_report_every_claim_and_fail_on_any_failure(capsys, load_example):
+    shared = load_example("_shared.py", "examples_shared")
     checks = shared.Checks()
     assert checks.expect(True, "first claim [holds]", "1.0") is True
     assert shared.Checks().finish() == 1  # no checks recorded is not a pass

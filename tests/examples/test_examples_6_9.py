@@ -8,16 +8,9 @@ subprocesses, as a user runs them.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = {
     "06_lstm_full_batch.py": ["06_lstm_full_batch.png"],
     "07_stability_threshold.py": ["07_stability_threshold.png", "07_remedies.png"],
@@ -26,38 +19,12 @@ SCRIPTS = {
 }
 
 
-def run_example(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=EXAMPLES.parent, check=False)
-
-
-def load_example(script: str):
-    """Import an example script as a module (its folder on sys.path, as when run directly)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        spec = importlib.util.spec_from_file_location(f"example_{script[:2]}", EXAMPLES / script)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return module
-
-
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_example_runs_quick_and_its_self_checks_pass(script, tmp_path):
-    result = run_example(script, "--quick", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "FAIL" not in result.stdout
-    assert "checks passed" in result.stdout
-    for png in SCRIPTS[script]:
-        path = tmp_path / png
-        assert path.is_file() and path.stat().st_size > 10_000, f"{png} missing or empty"
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_example_runs_quick_and_its_self_checks_pass(script, tmp_path, assert_quick_run_passes):
+    assert_quick_run_passes(script, SCRIPTS[script], tmp_path)
 
 
-def test_stability_example_with_a_decay_too_slow_to_rescue_fails_its_check(tmp_path):
+def test_stability_example_with_a_decay_too_slow_to_rescue_fails_its_check(tmp_path, run_example):
     """lr decay 0.999 per step leaves the lr above 2/sharpness for hundreds of steps, so the network
     diverges as without decay: the decay remedy's check must fail and the script exit 1, while the
     remedies that do not depend on --decay still pass."""
@@ -76,14 +43,14 @@ def test_stability_example_with_a_decay_too_slow_to_rescue_fails_its_check(tmp_p
     ("08_image_classification.py", ["--workers", "0"]),
     ("08_image_classification.py", ["--adam-lr", "0.1", "0.01"]),
 ])
-def test_bad_command_line_values_exit_2_with_one_line(script, args):
+def test_bad_command_line_values_exit_2_with_one_line(script, args, run_example):
     result = run_example(script, *args, timeout=60)
     assert result.returncode == 2, (args, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
 
 
-def test_known_quadratic_has_the_hessian_it_promises():
+def test_known_quadratic_has_the_hessian_it_promises(load_example):
     """The case-7 design: A = [X, 1] has A^T A / N = diag(10, 4, 1, 0.25, 1) (numpy, float64)."""
     module = load_example("07_stability_threshold.py")
     X, y = module.known_quadratic(200, (10.0, 4.0, 1.0, 0.25), seed=3)
@@ -91,7 +58,7 @@ def test_known_quadratic_has_the_hessian_it_promises():
     np.testing.assert_allclose(A.T @ A / len(y), np.diag([10.0, 4.0, 1.0, 0.25, 1.0]), atol=1e-12)
 
 
-def test_affine_fit_recovers_the_fixed_and_per_row_cost():
+def test_affine_fit_recovers_the_fixed_and_per_row_cost(load_example):
     """Case 9's T = T0 + c N fit returns T0 and c exactly from noiseless times, and the relative
     least squares are not dominated by the largest N."""
     module = load_example("09_scaling.py")
