@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import statistics
 import time
@@ -42,6 +43,38 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` as a contender that returns its own wall time in seconds; its last result is kept
+    as ``.last``."""
+    def go() -> float:
+        start = time.perf_counter()
+        go.last = fn()  # type: ignore[attr-defined]
+        return time.perf_counter() - start
+    return go
+
+
+def median_rounds(contenders: dict[str, Callable[[], float]], repeats: int, *, warmup: int = 1,
+                  shuffle: bool = False) -> dict[str, float]:
+    """Median of each contender's measurement (the seconds it returns) over ``repeats`` rounds
+    after ``warmup`` untimed ones. Every round runs every contender once, so load changes hit them
+    alike; with ``shuffle`` in a new (seeded) random order each round, so that no contender always
+    follows the same one (what ran just before, the allocator state left by large chunks say,
+    changes a time by several percent)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = random.Random(0)
+    for round_ in range(warmup + repeats):
+        names = list(contenders)
+        if shuffle:
+            order.shuffle(names)
+        for name in names:
+            value = contenders[name]()
+            if round_ >= warmup:
+                times[name].append(value)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 @dataclass

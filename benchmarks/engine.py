@@ -34,13 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +45,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common import Row, base_parser, report
+from common import Row, base_parser, median_rounds, report, timed
 from gdlab.engine import calibrate
 from gdlab.engine.gradient import chunk_choice, full_batch_loss_and_grad
 
@@ -99,25 +96,6 @@ def naive_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
     for Xc, yc in DataLoader(TensorDataset(X, y), batch_size=NAIVE_BATCH):
         loss = ce(model(Xc), yc) * (len(Xc) / n)
         loss.backward()
-
-
-def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function over ``repeats`` rounds after ``warmup`` rounds; every
-    round calls every function once, in a new random order: what ran just before (the allocator
-    state left by large chunks, say) changes a time by several percent, so no function may
-    always follow the same one."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order = random.Random(0)
-    for round_ in range(warmup + repeats):
-        names = list(fns)
-        order.shuffle(names)
-        for name in names:
-            fn = fns[name]
-            start = time.perf_counter()
-            fn()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def peak_rss_mib() -> float:
@@ -207,7 +185,7 @@ def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
         "naive": lambda: naive_loop(model, X, y),
         **{f"hand {c}": (lambda c=c: hand_loop(model, X, y, c)) for c in chunks},
     }
-    seconds = alternating_medians(fns, repeats)
+    seconds = median_rounds({name: timed(fn) for name, fn in fns.items()}, repeats, shuffle=True)
     best_chunk = min(chunks, key=lambda c: seconds[f"hand {c}"])
     best = seconds[f"hand {best_chunk}"]
     gdlab = seconds["gdlab"]

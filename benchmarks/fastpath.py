@@ -23,14 +23,13 @@ round (every round runs each contender once, so load changes hit them alike):
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from common import Row, base_parser, report
+from common import Row, base_parser, median_rounds, report, timed
 
 from gdlab.config import RunConfig
 from gdlab.optim.losses import get_loss
@@ -92,18 +91,8 @@ def measure_case(name: str, base: dict, steps: int, repeats: int, with_numpy: bo
         y = data.y_train.double().numpy().reshape(-1)
         loop = numpy_loop(X, y, base["lr"], steps)
 
-        def timed_numpy() -> float:
-            t0 = time.perf_counter()
-            loop()
-            return time.perf_counter() - t0
-        contenders["numpy"] = timed_numpy
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for round_ in range(repeats + 1):
-        for key, fn in contenders.items():
-            value = fn()
-            if round_ > 0:
-                times[key].append(value)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        contenders["numpy"] = timed(loop)
+    med = median_rounds(contenders, repeats)
     engine = compiled.engines[0]  # type: ignore[attr-defined]  (the first compile; later ones hit caches)
     case = f"{name}, {steps} steps"
     rows = [Row("fastpath", case, f"{k} time", med[k], "s") for k in med]

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows = [run_case(*case, **settings) for case in cases]
     print(table(rows))
-    print(f"\nHVP/grad: median time of one full-batch HVP over one full-batch gradient (same chunks).")
+    print("\nHVP/grad: median time of one full-batch HVP over one full-batch gradient (same chunks).")
     print(f"HVPs: products until the top eigenvalue is within {TARGET:g} (relative) of Lanczos with "
           f"{settings['reference_iters']} iterations; /grad: wall time of that run in gradients.")
 

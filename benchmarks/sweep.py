@@ -17,26 +17,15 @@ warm-up round): one run (``gdlab.runner.run`` at the grid's middle rate), the se
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from common import Row, base_parser, report
+from common import Row, base_parser, median_rounds, report, timed
 
 from gdlab.config import RunConfig
 from gdlab.runner import run
 from gdlab.sweep import run_sweep, sweep_configs
-
-
-def timed(fn: Callable[[], object]) -> Callable[[], float]:
-    def go() -> float:
-        t0 = time.perf_counter()
-        go.last = fn()  # type: ignore[attr-defined]
-        return time.perf_counter() - t0
-    return go
 
 
 def measure_case(name: str, base: dict, points: int, repeats: int, auto_target: str | None,
@@ -51,13 +40,7 @@ def measure_case(name: str, base: dict, points: int, repeats: int, auto_target: 
         "stacked sweep": timed(lambda: run_sweep(configs, stacked="on")),
         "auto sweep": timed(lambda: run_sweep(configs, stacked="auto")),
     }
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for round_ in range(repeats + 1):
-        for key, fn in contenders.items():
-            value = fn()
-            if round_ > 0:
-                times[key].append(value)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = median_rounds(contenders, repeats)
     chosen = contenders["auto sweep"].last[0].final["engine"]  # type: ignore[attr-defined]
     case = f"{name}, {points} lrs x {base['steps']} steps"
     rows = [Row("sweep", case, f"{k} time", med[k], "s") for k in med]

@@ -41,6 +41,27 @@ def test_median_time_is_the_median_of_the_timed_calls():
     assert 0.01 <= seconds < 0.02
 
 
+def test_median_rounds_runs_every_contender_each_round_and_drops_the_warmup():
+    """Contenders return their own measurements (a warm-up 100, then 3, 1, 2 and 7, 9, 8): the
+    medians are 2 and 8; with shuffle, each round still runs each contender exactly once."""
+    calls: list[str] = []
+
+    def contender(name):
+        def go():
+            calls.append(name)
+            return next(values[name])
+        return go
+
+    for shuffle in (False, True):
+        values = {"a": iter([100, 3, 1, 2]), "b": iter([100, 7, 9, 8])}
+        calls.clear()
+        medians = common.median_rounds({"a": contender("a"), "b": contender("b")}, 3, shuffle=shuffle)
+        assert medians == {"a": 2, "b": 8}
+        assert all(sorted(calls[i:i + 2]) == ["a", "b"] for i in range(0, 8, 2))
+    timed = common.timed(lambda: time.sleep(0.01) or "result")
+    assert timed() >= 0.01 and timed.last == "result"
+
+
 def test_report_fills_ok_and_writes_json(tmp_path, capsys):
     rows = [common.Row("engine", "case", "ratio", 1.02, target="<= 1.05"),
             common.Row("engine", "case", "slow", 2.0, target="<= 1.05"),

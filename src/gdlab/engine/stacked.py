@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from gdlab.engine.gradient import _chunks
 from gdlab.engine.regimes import SampleSchedule
-from gdlab.engine.loop import LoopOutcome, StopRules
+from gdlab.engine.loop import StopRules
 from gdlab.models.zoo import MLP, LinearModel
 from gdlab.optim.functional import FunctionalRule
 
