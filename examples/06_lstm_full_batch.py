@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import Checks, parse_args, positive_int, print_table, save_figure
+from _shared import Checks, parse_args, positive_int, print_table, proc_status_mib, save_figure
 from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
@@ -134,14 +134,6 @@ def linear_forecaster_losses(n_samples: int) -> tuple[float, float]:
             0.5 * float(np.mean((design(data.X_test) @ w - y_test) ** 2)))
 
 
-def _proc_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(specs: list[dict]) -> list[tuple[float, int]]:
     """Peak extra resident memory (MiB) of the first gradient evaluation of each run config in
     ``specs``, in this process, and the run's training rows N. The step's rows (all N, or one
@@ -159,9 +151,9 @@ def measure_memory(specs: list[dict]) -> list[tuple[float, int]]:
         gc.collect()
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
-        before = _proc_mib("VmRSS")
+        before = proc_status_mib("VmRSS")
         full_batch_loss_and_grad(prepared.model, prepared.loss_fn, Xb, yb, chunk_size=prepared.chunk_size)
-        peaks.append((_proc_mib("VmHWM") - before, int(X.shape[0])))
+        peaks.append((proc_status_mib("VmHWM") - before, int(X.shape[0])))
         del prepared, X, y, Xb, yb
         gc.collect()
     return peaks

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import Checks, parse_args, positive_int, print_table, save_figure
+from _shared import Checks, parse_args, positive_int, print_table, proc_status_mib, save_figure
 from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
@@ -89,14 +89,6 @@ def two_processes(n: int, chunk: int, steps: int, work: Path) -> tuple[float, fl
             record["environment"]["world_size"])
 
 
-def _proc_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(specs: list[tuple[int, list[int]]]) -> list[list[float]]:
     """Peak extra resident memory (MiB) of one full-batch gradient on n rows for each chunk size,
     per (n, chunk sizes) in ``specs``, in this process: the second of two identical passes, so
@@ -113,9 +105,9 @@ def measure_memory(specs: list[tuple[int, list[int]]]) -> list[list[float]]:
             gc.collect()
             with open("/proc/self/clear_refs", "w") as refs:
                 refs.write("5")
-            before = _proc_mib("VmRSS")
+            before = proc_status_mib("VmRSS")
             full_batch_loss_and_grad(prepared.model, prepared.loss_fn, X, y, chunk_size=chunk)
-            row.append(_proc_mib("VmHWM") - before)
+            row.append(proc_status_mib("VmHWM") - before)
         peaks.append(row)
         del prepared, X, y
         gc.collect()

@@ -37,6 +37,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (``VmHWM`` the peak RSS, ``VmRSS`` the current), MiB
+    (Linux only)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def parse_args(
     description: str,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
