@@ -17,7 +17,6 @@ warm-up round): one run (``gdlab.runner.run`` at the grid's middle rate), the se
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

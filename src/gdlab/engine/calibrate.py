@@ -215,8 +215,9 @@ def time_candidates(
 
     Rows are taken consecutively from ``X`` (N, ...) and ``y``, wrapping around, so the data
     stream from memory as in a real evaluation. Each round times every candidate on about the
-    same number of rows (one untimed pass, then at least two timed ones); rounds repeat, up to ``MAX_ROUNDS``, while the
-    total stays under ``budget_s`` seconds and ``max_rows`` rows (default 2N). The fastest round
+    same number of rows (one untimed pass, then at least two timed ones); rounds repeat, up to
+    ``MAX_ROUNDS``, while the total stays under ``budget_s`` seconds and ``max_rows`` rows
+    (default 2N). The fastest round
     of each candidate is kept, which discounts interference from other processes.
     """
     n = int(X.shape[0])

@@ -13,8 +13,8 @@ and equal them to float rounding (tests). A copy that diverges or reaches its ta
 time divided by K (each copy's share).
 
 Stackable models: the zoo's linear/logistic models and MLPs without BatchNorm or Dropout
-(:func:`stackable`); their stacked forward pass is one GEMM for a first layer whose input the
-copies share, and a batched matrix product for every other layer.
+(:func:`stackable`); their stacked forward pass is one GEMM for a single-layer model whose input
+the copies share, and a batched matrix product per layer otherwise (:class:`StackedForward`).
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def stacked_train_loop(
             reached = is_full and stop.loss_tol is not None and loss <= stop.loss_tol
             flat = is_full and stop.grad_tol is not None and gnorm <= stop.grad_tol
             if not (logging or reached or flat):
-                continue  # most steps: nothing to record (a record per copy and step cost 20% of a logistic sweep)
+                continue  # most steps: nothing to record, so no record is built
             record = {"step": step, "epochs": samples / n, "wall_time_s": time_before / K,
                       "batch_loss": loss, "train_loss": loss if is_full else None, "grad_norm": gnorm, "lr": lr,
                       "test_loss": None, "test_accuracy": None}
