@@ -16,7 +16,8 @@ rounds (7; ``--quick``: 2) after one warm-up round:
 
 Memory: for N = 100,000 and 1,000,000 rows (``--quick``: 20,000 and 100,000, with a 32 MiB chunk
 budget), a fresh subprocess builds the data, runs one gradient with the default chunk size (read
-from a calibration cache that an earlier subprocess filled, so both use the same size), and
+from a calibration cache that an earlier subprocess filled, even on a busy CPU, so that both use
+the same size), and
 reports its peak RSS (``resource.getrusage`` ``ru_maxrss``) minus its current RSS right after the
 data were built (``/proc/self/statm``): the memory the gradient needs beyond the model and the
 data. The ratio of the two is the row. The subprocesses run before this process builds anything
@@ -26,7 +27,11 @@ the same run vary by a factor of up to 2 (the note gives one default-allocator p
 
 Calibration: the time ``chunk_choice`` takes to time the candidates, with an empty cache.
 
-    python benchmarks/engine.py [--quick] [--repeats R] [--out DIR]
+``--smoke`` runs the smallest sizes that exercise every row (N = 8,192, memory at 10,000 and
+40,000 rows, one round and no warm-up): the test suite's check of the script and its output, not
+a measurement.
+
+    python benchmarks/engine.py [--quick | --smoke] [--repeats R] [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,13 +52,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common import Row, base_parser, median_rounds, report, timed
 from gdlab.engine import calibrate
-from gdlab.engine.gradient import chunk_choice, full_batch_loss_and_grad
+from gdlab.engine.gradient import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    auto_chunk_size,
+    chunk_choice,
+    full_batch_loss_and_grad,
+)
 
 WIDTHS = (784, 512, 512, 10)
 NAIVE_BATCH = 128
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 SIZES = {"full": {"n": 60_000, "memory": (100_000, 1_000_000), "budget_mb": None, "repeats": 7},
-         "quick": {"n": 8_192, "memory": (20_000, 100_000), "budget_mb": 32.0, "repeats": 2}}
+         "quick": {"n": 8_192, "memory": (20_000, 100_000), "budget_mb": 32.0, "repeats": 2},
+         "smoke": {"n": 8_192, "memory": (10_000, 40_000), "budget_mb": 16.0, "repeats": 1, "warmup": 0}}
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -114,6 +125,17 @@ def rss_mib() -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def calibration_child(n: int, budget_mb: float | None) -> dict:
+    """In a fresh process: calibrate the default chunk size for ``n`` rows into the cache, also
+    when the CPU is busy (``busy_share=0``): the measured children need one and the same size,
+    and a timing under load only makes it less than the fastest."""
+    model = make_model()
+    X, y = make_data(n)
+    cap = auto_chunk_size(model, X, budget_mb or DEFAULT_MEMORY_BUDGET_MB)
+    choice = calibrate.choose_chunk_size(model, ce, X, y, max_chunk=cap, busy_share=0.0)
+    return {"n": n, "chunk_size": choice.size, "chunk_source": choice.source, "reason": choice.reason}
+
+
 def memory_child(n: int, budget_mb: float | None) -> dict:
     """In a fresh process: RSS after the data are built, peak RSS after one default gradient."""
     model = make_model()
@@ -130,15 +152,17 @@ def memory_child(n: int, budget_mb: float | None) -> dict:
             "num_chunks": res.num_chunks}
 
 
-def measure_memory(n: int, budget_mb: float | None, cache: str, *, fixed_mmap_threshold: bool = True) -> dict:
-    """Run :func:`memory_child` for ``n`` rows in a subprocess with calibration cache ``cache``.
+def measure_memory(n: int, budget_mb: float | None, cache: str, *, fixed_mmap_threshold: bool = True,
+                   child: str = "--memory-child") -> dict:
+    """Run :func:`memory_child` (or, with ``child="--calibration-child"``,
+    :func:`calibration_child`) for ``n`` rows in a subprocess with calibration cache ``cache``.
 
     ``fixed_mmap_threshold``: glibc serves blocks >= 1 MiB by mmap and unmaps them when freed
     (``MALLOC_MMAP_THRESHOLD_``), so that the peak is the memory the gradient holds live; with its
     default dynamic threshold the same run peaks at, e.g., 41 or 72 MiB depending on the order
     of frees, whatever N.
     """
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(n)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), child, str(n)]
     if budget_mb is not None:
         cmd += ["--budget-mb", str(budget_mb)]
     env = {**os.environ, calibrate.CACHE_ENV: cache}
@@ -152,8 +176,9 @@ def measure_memory(n: int, budget_mb: float | None, cache: str, *, fixed_mmap_th
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
-    sizes = SIZES["quick" if quick else "full"]
+def run(size: str, repeats: int | None, out_dir: Path) -> Path:
+    sizes = SIZES[size]
+    quick = size != "full"
     n, budget_mb = sizes["n"], sizes["budget_mb"]
     repeats = repeats or sizes["repeats"]
     case = f"mlp784 N={n}"
@@ -164,7 +189,7 @@ def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
     # both read the same chunk size from it (their cache keys agree: both N exceed 4x the cap).
     n_small, n_big = sizes["memory"]
     with tempfile.TemporaryDirectory(prefix="gdlab-bench-children-") as child_cache:
-        warm = measure_memory(n_small, budget_mb, child_cache)
+        warm = measure_memory(n_small, budget_mb, child_cache, child="--calibration-child")
         memory = {m: measure_memory(m, budget_mb, child_cache) for m in (n_small, n_big)}
         default_allocator = {} if quick else {
             m: measure_memory(m, budget_mb, child_cache, fixed_mmap_threshold=False) for m in (n_small, n_big)}
@@ -185,7 +210,8 @@ def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
         "naive": lambda: naive_loop(model, X, y),
         **{f"hand {c}": (lambda c=c: hand_loop(model, X, y, c)) for c in chunks},
     }
-    seconds = median_rounds({name: timed(fn) for name, fn in fns.items()}, repeats, shuffle=True)
+    warmup = sizes.get("warmup", 1)
+    seconds = median_rounds({name: timed(fn) for name, fn in fns.items()}, repeats, warmup=warmup, shuffle=True)
     best_chunk = min(chunks, key=lambda c: seconds[f"hand {c}"])
     best = seconds[f"hand {best_chunk}"]
     gdlab = seconds["gdlab"]
@@ -216,7 +242,7 @@ def run(quick: bool, repeats: int | None, out_dir: Path) -> Path:
                  f"{sorted(choice.timings) or '-'}" + (f"; {choice.reason}" if choice.reason else "")),
     ]
     meta = {
-        "quick": quick, "repeats": repeats, "warmup": 1, "n": n, "model": "mlp:784-512-512-10:relu",
+        "size": size, "quick": quick, "repeats": repeats, "warmup": warmup, "n": n, "model": "mlp:784-512-512-10:relu",
         "loss": "cross_entropy", "dtype": "float32", "seconds": seconds, "best_hand_chunk": best_chunk,
         "chunk": {"size": choice.size, "source": choice.source, "seconds": choice.seconds, "reason": choice.reason,
                   "seconds_per_row": {str(k): v for k, v in choice.timings.items()}},
@@ -235,16 +261,23 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     # Internal: the memory measurement's subprocess.
     parser.add_argument("--memory-child", type=int, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--calibration-child", type=int, metavar="N", help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest sizes, one round: checks the script, measures nothing")
     args = parser.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.budget_mb)))
+        return
+    if args.calibration_child:
+        print(json.dumps(calibration_child(args.calibration_child, args.budget_mb)))
         return
     # Calibrate into a fresh cache: the cost row must not read an earlier run's result, and the
     # user's ~/.cache is left alone. The memory subprocesses inherit the directory.
     with tempfile.TemporaryDirectory(prefix="gdlab-bench-cache-") as cache:
         os.environ[calibrate.CACHE_ENV] = cache
-        path = run(args.quick, args.repeats, args.out)
+        size = "smoke" if args.smoke else "quick" if args.quick else "full"
+        path = run(size, args.repeats, args.out)
     print(f"wrote {path}")
 
 

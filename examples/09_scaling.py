@@ -193,11 +193,12 @@ def main() -> int:
                 ["N", "time per step (s)", "fit T0 + c N (s)", "measured / fit", "time per row (ns)"],
                 [[n, t, p, t / p, t / n * 1e9] for n, t, p in zip(ns, times, predicted)])
     ratio = (times[-1] / ns[-1]) / (times[-2] / ns[-2])
-    # A factor 2: timings on a shared machine (the test suite runs two workers) wander by tens of
-    # percent; a cost growing like N^2 (or not growing) would be off by a factor 10.
-    checks.expect(0.5 <= ratio <= 2.0,
+    # A factor 3: timings on a shared machine (the test suite runs two workers) wander by tens of
+    # percent and were seen at 0.57 under load; a cost growing like N^2 (or not growing) would be
+    # off by a factor 10.
+    checks.expect(1 / 3 <= ratio <= 3.0,
                   f"the step time is linear in N at large N: the time per row at N = {ns[-1]} is that "
-                  f"at N = {ns[-2]} within a factor 2",
+                  f"at N = {ns[-2]} within a factor 3",
                   f"{times[-1] / ns[-1] * 1e9:.4g} vs {times[-2] / ns[-2] * 1e9:.4g} ns/row "
                   f"(fit T0 = {fit[0] * 1e3:.3g} ms, c = {fit[1] * 1e9:.3g} ns/row)")
 

@@ -59,7 +59,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, regime, extra):
 def test_killed_training_process_resumes_to_the_same_result(tmp_path):
     """SIGKILL a `gdlab train` process after its first checkpoint, then `gdlab train --resume DIR`:
     the saved parameters equal those of an uninterrupted run."""
-    args = ["train", "--task", "digits", "--regime", "stochastic", "--epochs", "3", "--lr", "0.01",
+    args = ["train", "--task", "digits", "--regime", "stochastic", "--epochs", "2", "--lr", "0.01",
             "--checkpoint-every", "300", "--quiet"]
     ref = tmp_path / "ref"
     assert subprocess.run([sys.executable, "-m", "gdlab", *args, "--out", str(ref)]).returncode == 0

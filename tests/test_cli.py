@@ -1,17 +1,37 @@
-"""The gdlab command end to end in a subprocess: output, exit codes and one-line errors."""
+"""The gdlab command: output, exit codes and one-line errors.
+
+The commands a user runs end to end (train with --json and --out, demo, list, a bad argument) run
+in a subprocess, as ``python -m gdlab``; the rest call ``gdlab.cli.main`` in the test process
+(the same parser, dispatch and error handling, without paying a torch import per case).
+"""
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from gdlab.cli import main
 
 
 def gdlab(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "gdlab", *args], capture_output=True, text=True, timeout=300, cwd=cwd
     )
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` runs ``gdlab ARGS`` in this process: returncode, stdout and stderr, like
+    :func:`gdlab`."""
+    def call(*args):
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return call
 
 
 def test_train_prints_a_json_run_record_and_saves_the_run(tmp_path):
@@ -30,17 +50,17 @@ def test_train_prints_a_json_run_record_and_saves_the_run(tmp_path):
     assert (out / "params.pt").is_file()
 
 
-def test_train_summary_and_config_file(tmp_path):
+def test_train_summary_and_config_file(tmp_path, cli):
     """A YAML config file drives a minibatch run; flags override it; the summary names the run."""
     cfg = tmp_path / "run.yaml"
     cfg.write_text("task: iris\noptimizer: momentum\nlr: 0.05\nregime: minibatch\nbatch_size: 16\n"
                    "max_epochs: 3\noptimizer_params: {momentum: 0.5}\n")
-    proc = gdlab("train", "--config", str(cfg), "--lr", "0.1", "--quiet", "--json")
+    proc = cli("train", "--config", str(cfg), "--lr", "0.1", "--quiet", "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["config"]["lr"] == 0.1 and record["config"]["optimizer_params"] == {"momentum": 0.5}
     assert record["final"]["epochs"] == pytest.approx(3.0)
-    proc = gdlab("train", "--task", "iris", "--steps", "5")
+    proc = cli("train", "--task", "iris", "--steps", "5")
     assert proc.returncode == 0 and "test accuracy" in proc.stdout and "completed" in proc.stdout
 
 
@@ -101,13 +121,18 @@ BAD = [
 ]
 
 
+# Run as real processes: the exit status and stderr a shell sees, for a config and a parser error.
+IN_SUBPROCESS = {("train", "--lr", "-0.1"), ("frobnicate",)}
+
+
 @pytest.mark.parametrize("argv, needle", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_gives_one_line_error_and_exit_2(bad_files, tmp_path, argv, needle):
+def test_bad_input_gives_one_line_error_and_exit_2(bad_files, tmp_path, cli, argv, needle):
     """Every user mistake: exit status 2, one stderr line naming it, no traceback, nothing written."""
+    run_it = gdlab if tuple(argv) in IN_SUBPROCESS else cli
     argv = [a.replace("{d}", str(bad_files)) for a in argv]
     out = tmp_path / "never"
     extra = [] if "--out" in argv else ["--out", str(out)] if argv[0] == "train" else []
-    proc = gdlab(*argv, *extra)
+    proc = run_it(*argv, *extra)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -117,17 +142,17 @@ def test_bad_input_gives_one_line_error_and_exit_2(bad_files, tmp_path, argv, ne
     assert (bad_files / "afile").read_text() == "not a directory"
 
 
-def test_stability_reports_vanishing_layers_and_sharpness():
+def test_stability_reports_vanishing_layers_and_sharpness(cli):
     """`gdlab stability` on a deep sigmoid MLP names the first problem (vanishing at the first
     layer), prints the per-layer table and the sharpness-vs-2/lr table."""
-    proc = gdlab("stability", "--task", "digits", "--model", "mlp:64x8:sigmoid", "--lr", "0.5",
+    proc = cli("stability", "--task", "digits", "--model", "mlp:64x8:sigmoid", "--lr", "0.5",
                  "--steps", "10")
     assert proc.returncode == 0, proc.stderr
     assert "first problem at step 0: vanishing in layers.0.weight" in proc.stdout
     assert "2/lr" in proc.stdout and "layers.16.weight" in proc.stdout
 
 
-def test_sharpness_of_a_saved_run_matches_the_closed_form(tmp_path):
+def test_sharpness_of_a_saved_run_matches_the_closed_form(tmp_path, cli):
     """`gdlab sharpness --run DIR` on a saved linear regression returns lambda_max(X^T X / N)
     (numpy.linalg.eigvalsh), the Hessian of the 0.5-mean-squared-error objective."""
     import torch
@@ -135,8 +160,8 @@ def test_sharpness_of_a_saved_run_matches_the_closed_form(tmp_path):
     from gdlab.data import load_task
 
     out = tmp_path / "lin"
-    assert gdlab("train", "--task", "linreg", "--steps", "20", "--quiet", "--out", str(out)).returncode == 0
-    proc = gdlab("sharpness", "--run", str(out), "--k", "2", "--iters", "10", "--json")
+    assert cli("train", "--task", "linreg", "--steps", "20", "--quiet", "--out", str(out)).returncode == 0
+    proc = cli("sharpness", "--run", str(out), "--k", "2", "--iters", "10", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     data = load_task("linreg", seed=0, dtype=torch.float64)
@@ -146,15 +171,15 @@ def test_sharpness_of_a_saved_run_matches_the_closed_form(tmp_path):
     assert result["side"] == ("stable" if 0.1 * eig.max() < 2 else "unstable")
 
 
-def test_sharpness_bad_run_directories_exit_2(tmp_path):
+def test_sharpness_bad_run_directories_exit_2(tmp_path, cli):
     """A missing run directory and a params.pt from another model give one-line errors, exit 2."""
-    proc = gdlab("sharpness", "--run", str(tmp_path / "nope"))
+    proc = cli("sharpness", "--run", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "is missing" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     a, b = tmp_path / "a", tmp_path / "b"
-    assert gdlab("train", "--task", "iris", "--steps", "1", "--quiet", "--out", str(a)).returncode == 0
-    assert gdlab("train", "--task", "iris", "--model", "mlp:4-8-3", "--steps", "1", "--quiet",
-                 "--out", str(b)).returncode == 0
+    assert cli("train", "--task", "iris", "--steps", "1", "--quiet", "--out", str(a)).returncode == 0
+    assert cli("train", "--task", "iris", "--model", "mlp:4-8-3", "--steps", "1", "--quiet",
+               "--out", str(b)).returncode == 0
     (a / "params.pt").write_bytes((b / "params.pt").read_bytes())
-    proc = gdlab("sharpness", "--run", str(a))
+    proc = cli("sharpness", "--run", str(a))
     assert proc.returncode == 2 and "does not match model" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -5,10 +5,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from gdlab.cli import main
 from gdlab.distributed import shard_bounds
 
 
@@ -18,7 +20,8 @@ def torchrun(*args, nproc=2, timeout=240, env=None):
 
 
 def single(*args):
-    return subprocess.run([sys.executable, "-m", "gdlab", *args], capture_output=True, text=True, timeout=240)
+    """The one-process reference: ``gdlab ARGS`` in this test process (one thread, like each rank)."""
+    return SimpleNamespace(returncode=main(list(args)))
 
 
 def params(path):

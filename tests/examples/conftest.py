@@ -1,5 +1,6 @@
 """Fixtures for the example tests: run a script as a user does (a subprocess, one thread, figures
-to a folder), check a quick run, import a script as a module."""
+to a folder), check a quick run, import a script as a module, or call its ``main()`` in this
+process with a given command line (for argument errors, which exit before any work)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,21 @@ def assert_quick_run_passes():
 @pytest.fixture
 def load_example():
     return _load_example
+
+
+@pytest.fixture
+def run_example_in_process(monkeypatch, capsys):
+    """``call(script, *args)``: the script's ``main()`` with ``sys.argv`` set to its command line,
+    in this process; returns a CompletedProcess (its exit status, stdout, stderr) like
+    :func:`_run_example`. An exception other than SystemExit propagates and fails the test."""
+    def call(script: str, *args: str) -> subprocess.CompletedProcess:
+        module = _load_example(script)
+        monkeypatch.setattr(sys, "argv", [str(EXAMPLES / script), *args])
+        capsys.readouterr()
+        try:
+            code = module.main()
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *args], code, out, err)
+    return call

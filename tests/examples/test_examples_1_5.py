@@ -34,11 +34,15 @@ def test_linear_regression_with_a_step_above_two_over_lambda_max_fails_its_check
     assert "PASS gdlab's sharpness" in result.stdout
 
 
-def test_bad_command_line_values_exit_2_with_one_line(tmp_path, run_example):
+def test_bad_command_line_values_exit_2_with_one_line(tmp_path, run_example, run_example_in_process):
+    """The first case as a real process (the status a shell sees), the others in this process."""
     a_file = tmp_path / "not_a_folder"
     a_file.write_text("x")
-    for args in (["--lr", "-1"], ["--steps", "0"], ["--out", str(a_file)]):
-        result = run_example("01_linear_regression.py", *args, timeout=60)
+    for i, args in enumerate((["--lr", "-1"], ["--steps", "0"], ["--out", str(a_file)])):
+        if i == 0:
+            result = run_example("01_linear_regression.py", *args, timeout=60)
+        else:
+            result = run_example_in_process("01_linear_regression.py", *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if "error" in line]

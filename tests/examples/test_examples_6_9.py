@@ -43,8 +43,8 @@ def test_stability_example_with_a_decay_too_slow_to_rescue_fails_its_check(tmp_p
     ("08_image_classification.py", ["--workers", "0"]),
     ("08_image_classification.py", ["--adam-lr", "0.1", "0.01"]),
 ])
-def test_bad_command_line_values_exit_2_with_one_line(script, args, run_example):
-    result = run_example(script, *args, timeout=60)
+def test_bad_command_line_values_exit_2_with_one_line(script, args, run_example_in_process):
+    result = run_example_in_process(script, *args)
     assert result.returncode == 2, (args, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
