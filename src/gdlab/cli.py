@@ -446,26 +446,15 @@ def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
 
 def _write_report(store_path: str, study: str, out_dir: str, console: Console,
                   tensorboard: str | None = None) -> dict[str, Any]:
-    from gdlab.report import build_report
-    from gdlab.store import RunStore
-    from gdlab.study.metrics import Target
-    from gdlab.study.summary import summarize_study
+    from gdlab.api import report
 
-    with RunStore(store_path, create=False) as store:
-        spec = store.study_spec(study)
-        if spec is None:
-            names = ", ".join(store.studies()) or "none"
-            raise GdlabError(f"store '{store_path}' holds no study '{study}' (it has: {names}); give --study NAME")
-        runs = store.runs(study=study)
-    if not runs:
-        raise GdlabError(f"study '{study}' has no finished runs in '{store_path}'; run gdlab compare first")
-    targets = {t["name"]: Target(t["target_metric"], t["target_value"]) for t in spec["tasks"]}
-    summary = summarize_study(runs, targets)
-    paths = build_report(runs, summary, out_dir)
+    paths, summary = report(store_path, study, out_dir)
     if tensorboard:
         from gdlab.report.tensorboard import write_tensorboard
+        from gdlab.store import RunStore
 
-        count = write_tensorboard(runs, tensorboard)
+        with RunStore(store_path, create=False) as store:
+            count = write_tensorboard(store.runs(study=study), tensorboard)
         console.print(f"TensorBoard: {count} runs under {tensorboard} (tensorboard --logdir {tensorboard})")
     _ranking_tables(console, summary)
     console.print(f"\nreport: {paths['html']}  (Markdown summary: {paths['markdown']}, figures in {paths['figures']})")

@@ -261,12 +261,14 @@ def _expected_steps(config: RunConfig, schedule: SampleSchedule) -> int | None:
     return min(candidates) if candidates else None
 
 
-def prepare(config: RunConfig, model: nn.Module | None = None) -> PreparedRun:
+def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | None = None) -> PreparedRun:
     """Build data, model, loss, optimizer and schedule from ``config``; every user mistake raises
-    GdlabError here, before anything is trained or written. ``model`` overrides ``config.model``."""
+    GdlabError here, before anything is trained or written. ``model`` overrides ``config.model``;
+    ``data`` (an in-memory Dataset, cast to the config's dtype) overrides the task or file the
+    config names."""
     config.validate()
     device = resolve_device(config.device)
-    data = load_data(config)
+    data = load_data(config) if data is None else data.to(dtype=DTYPES[config.dtype])
     task = task_defaults(config)
     loss_name = config.loss or (task.default_loss if task else
                                 ("cross_entropy" if data.task_type == "classification" else "mse"))
@@ -342,6 +344,7 @@ def run(
     prepared: PreparedRun | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: dict[str, Any] | None = None,
+    data: Dataset | None = None,
 ) -> RunResult:
     """Train as ``config`` says and return the result (record parts plus the trained model).
 
@@ -350,10 +353,11 @@ def run(
     seeded from ``config.seed``; the global torch RNG is seeded too (Dropout draws from it).
     With ``config.checkpoint_every`` and ``checkpoint_dir`` a checkpoint is written every k steps
     and at the end; ``resume`` (a checkpoint read by :func:`gdlab.checkpoint.read_checkpoint`)
-    continues a run exactly where its checkpoint left it.
+    continues a run exactly where its checkpoint left it. ``data``: an in-memory Dataset to
+    train on instead of the task or file the config names.
     """
     if prepared is None:
-        prepared = prepare(config, model=model)
+        prepared = prepare(config, model=model, data=data)
     torch.manual_seed(config.seed)
     if resume is not None and not prepared.restored:
         restore(prepared, resume)

@@ -30,7 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gdlab.engine.gradient import DEFAULT_MEMORY_BUDGET_MB, _chunks, auto_chunk_size
+from torch.utils.data import DataLoader
+
+from gdlab.engine.chunks import Rows, as_rows
+from gdlab.engine.gradient import DEFAULT_MEMORY_BUDGET_MB, auto_chunk_size
 from gdlab.errors import GdlabError, unknown_name
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,6 +51,17 @@ def default_hvp_chunk_size(model: nn.Module, X: torch.Tensor) -> int:
     """Rows per double-backward pass when none is given: the engine's automatic chunk size for
     half its default memory budget, since double backward keeps about twice the activations."""
     return auto_chunk_size(model, X, DEFAULT_MEMORY_BUDGET_MB / 2)
+
+
+def _hvp_rows(
+    model: nn.Module, X: torch.Tensor | DataLoader, y: torch.Tensor | None, chunk_size: int | None,
+    params: Sequence[torch.Tensor],
+) -> Rows:
+    """The chunks a product iterates: tensors in ``chunk_size`` rows (default
+    :func:`default_hvp_chunk_size`), or a DataLoader's batches."""
+    if chunk_size is None and not isinstance(X, DataLoader):
+        chunk_size = default_hvp_chunk_size(model, X)
+    return as_rows(X, y, chunk_size, like=params[0])
 
 
 class LinearOperator(Protocol):
@@ -123,8 +137,8 @@ def _second_derivative(
 def hvp(
     model: nn.Module,
     loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    X: torch.Tensor | DataLoader,
+    y: torch.Tensor | None,
     vec: Sequence[torch.Tensor],
     *,
     params: Sequence[torch.Tensor] | None = None,
@@ -140,29 +154,24 @@ def hvp(
     :func:`default_hvp_chunk_size`); the result does not depend on it in eval mode.
     ``regularizer`` returns R(theta) as a differentiable 0-dim tensor. Does not touch ``p.grad``,
     the parameters, the model's train/eval mode or its buffers. Raises GdlabError when ``vec``
-    does not match ``params``.
+    does not match ``params``. ``X`` may be a DataLoader (``y`` None): its batches are the chunks.
     """
     params = trainable_parameters(model) if params is None else list(params)
     check_like_params("hvp: vec", vec, params)
-    if chunk_size is None:
-        chunk_size = default_hvp_chunk_size(model, X)
-    spans = _chunks(int(X.shape[0]), chunk_size)
-    return _hvp(model, loss_fn, X, y, vec, params, spans, regularizer)
+    return _hvp(model, loss_fn, _hvp_rows(model, X, y, chunk_size, params), vec, params, regularizer)
 
 
 def _hvp(
     model: nn.Module,
     loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    rows: Rows,
     vec: Sequence[torch.Tensor],
     params: Sequence[torch.Tensor],
-    spans: Sequence[tuple[int, int]],
     regularizer: Regularizer | None,
 ) -> list[torch.Tensor]:
     vec = [v.detach().to(device=p.device, dtype=p.dtype) for v, p in zip(vec, params)]
     total: list[torch.Tensor | None] = [None] * len(params)
-    n = int(X.shape[0])
+    n = rows.n
 
     def add(parts: list[torch.Tensor | None]) -> None:
         for i, (p, part) in enumerate(zip(params, parts)):
@@ -172,8 +181,8 @@ def _hvp(
             total[i] = part if total[i] is None else total[i] + part
 
     with preserved_buffers(model), _no_cudnn_on_cuda(params), torch.enable_grad():
-        for start, stop in spans:
-            chunk_loss = loss_fn(model(X[start:stop]), y[start:stop]) * ((stop - start) / n)
+        for Xc, yc in rows:
+            chunk_loss = loss_fn(model(Xc), yc) * (Xc.shape[0] / n)
             add(_second_derivative(chunk_loss, params, vec))
         if regularizer is not None:
             reg = regularizer()
@@ -191,15 +200,16 @@ class HessianOperator:
     ``matvec`` takes and returns float64 vectors of length ``dim`` (the number of scalars in
     ``params``, default the model's trainable parameters, concatenated in order) on the
     parameters' device. Products are computed in the parameters' dtype by :func:`hvp` at the
-    parameters' values at call time. ``num_hvps`` counts the products made so far.
+    parameters' values at call time. ``num_hvps`` counts the products made so far. ``X`` may be
+    a DataLoader (``y`` None), streamed once per product.
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss_fn: LossFn,
-        X: torch.Tensor,
-        y: torch.Tensor,
+        X: torch.Tensor | DataLoader,
+        y: torch.Tensor | None = None,
         *,
         params: Sequence[torch.Tensor] | None = None,
         chunk_size: int | None = None,
@@ -215,10 +225,7 @@ class HessianOperator:
                 "Hessian: the model has no trainable parameters; nothing to differentiate"
             )
         self.regularizer = regularizer
-        if chunk_size is None:
-            chunk_size = default_hvp_chunk_size(model, X)
-        self.chunk_size = int(chunk_size)
-        self._spans = _chunks(int(X.shape[0]), self.chunk_size)
+        self._rows = _hvp_rows(model, X, y, chunk_size, self.params)
         self.dim: int = sum(p.numel() for p in self.params)
         self.device: torch.device = self.params[0].device
         self.num_hvps: int = 0
@@ -232,10 +239,7 @@ class HessianOperator:
             )
         parts = torch.split(v, [p.numel() for p in self.params])
         pieces = [part.reshape(p.shape) for part, p in zip(parts, self.params)]
-        out = _hvp(
-            self.model, self.loss_fn, self.X, self.y, pieces, self.params, self._spans,
-            self.regularizer,
-        )
+        out = _hvp(self.model, self.loss_fn, self._rows, pieces, self.params, self.regularizer)
         self.num_hvps += 1
         return torch.cat([t.reshape(-1) for t in out]).to(torch.float64)
 
@@ -439,8 +443,8 @@ def hutchinson_trace(op: LinearOperator, *, samples: int = 50, seed: int = 0) ->
 def sharpness(
     model: nn.Module,
     loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    X: torch.Tensor | DataLoader,
+    y: torch.Tensor | None = None,
     *,
     method: str = "lanczos",
     iters: int = 30,
@@ -457,6 +461,7 @@ def sharpness(
     products, stopping early when the estimate changes by less than ``tol`` relatively (None:
     run all ``iters`` with Lanczos; power iteration then uses 0). Units: loss per parameter
     unit squared; GD with constant step lr on a quadratic is stable iff lr < 2 / sharpness.
+    ``X`` may be a DataLoader of (input, target) batches (``y`` None).
     """
     if method not in SHARPNESS_METHODS:
         raise unknown_name("sharpness method", method, SHARPNESS_METHODS)

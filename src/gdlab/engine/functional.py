@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gdlab.engine.gradient import LossFn, _chunks
+from gdlab.engine.chunks import spans
+from gdlab.engine.gradient import LossFn
 
 def batch_dependent_layers(model: nn.Module) -> list[str]:
     """Names of the layers whose training-mode forward pass depends on the batch or on
@@ -65,7 +66,7 @@ class FunctionalObjective:
         state = {**self.fixed, **dict(zip(self.names, params))}
         n = int(X.shape[0])
         total: Tensor | float = 0.0
-        for start, stop in _chunks(n, self.chunk_size):
+        for start, stop in spans(n, self.chunk_size):
             out = functional_call(self.model, state, (X[start:stop],))
             total = total + self.loss_fn(out, y[start:stop]) * ((stop - start) / n)
         return total

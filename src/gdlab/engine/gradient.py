@@ -32,8 +32,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from gdlab.engine.calibrate import ChunkChoice, architecture_signature, choose_chunk_size
+from gdlab.engine.chunks import as_rows, spans
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -142,11 +144,6 @@ def chunk_choice(
     return choose_chunk_size(model, loss_fn, X, y, max_chunk=cap, autocast=autocast, calibrate=calibrate)
 
 
-def _chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
-    size = max(1, n if chunk_size is None else min(int(chunk_size), n))
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None."""
     if dtype is None:
@@ -198,8 +195,8 @@ def _zero_grad(p: torch.Tensor) -> torch.Tensor:
 def full_batch_loss_and_grad(
     model: nn.Module,
     loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    X: torch.Tensor | DataLoader,
+    y: torch.Tensor | None = None,
     *,
     chunk_size: int | None = None,
     memory_budget_mb: float | None = None,
@@ -221,6 +218,10 @@ def full_batch_loss_and_grad(
     in the parameters' dtype when it is float32 or float64, in float32 for lower precisions, and
     the loss in float64.
 
+    ``X`` may instead be a ``torch.utils.data.DataLoader`` of (input, target) batches (``y`` left
+    out): its batches are the chunks, streamed one at a time (see :mod:`gdlab.engine.chunks`), so
+    memory is bounded by one batch; ``chunk_size`` and ``memory_budget_mb`` then do not apply.
+
     Across processes, ``X`` holds this rank's rows of a set of ``total_rows`` rows: each chunk is
     weighted by rows / total_rows and ``reduce`` (a sum over ranks, in place) is applied to the
     data gradient and loss before the regulariser is added once.
@@ -228,22 +229,24 @@ def full_batch_loss_and_grad(
     _check_accumulate(accumulate)
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
-    n_local = int(X.shape[0])
-    n = int(total_rows) if total_rows is not None else n_local
-    if chunk_size is None:
+    if chunk_size is None and not isinstance(X, DataLoader):
         chunk_size = chunk_choice(model, loss_fn, X, y, memory_budget_mb=memory_budget_mb,
                                   autocast=autocast).size
-    spans = _chunks(n_local, chunk_size)
+    rows = as_rows(X, y, chunk_size, like=params[0])
+    n = int(total_rows) if total_rows is not None else rows.n
+    device = params[0].device
     buffers = _accumulation_buffers(params, accumulate)
     for p in params:
         p.grad = None
 
-    data_loss = torch.zeros((), dtype=accumulate or torch.float64, device=X.device)
-    for start, stop in spans:
-        with _autocast(X.device, autocast):
-            chunk_loss = loss_fn(model(X[start:stop]), y[start:stop]) * ((stop - start) / n)
+    data_loss = torch.zeros((), dtype=accumulate or torch.float64, device=device)
+    num_chunks = 0
+    for Xc, yc in rows:
+        with _autocast(device, autocast):
+            chunk_loss = loss_fn(model(Xc), yc) * (Xc.shape[0] / n)
         data_loss += chunk_loss.detach().to(data_loss.dtype)
         _accumulate(chunk_loss, params, buffers)
+        num_chunks += 1
 
     if reduce is not None:
         grads = buffers if buffers is not None else [
@@ -267,7 +270,7 @@ def full_batch_loss_and_grad(
 
     data = float(data_loss)
     return GradientResult(
-        loss=data + reg_loss, data_loss=data, reg_loss=reg_loss, num_samples=n, num_chunks=len(spans)
+        loss=data + reg_loss, data_loss=data, reg_loss=reg_loss, num_samples=n, num_chunks=num_chunks
     )
 
 
@@ -292,7 +295,7 @@ def full_batch_loss(
     n_local = int(X.shape[0])
     n = int(total_rows) if total_rows is not None else n_local
     total = torch.zeros((), dtype=accumulate or torch.float64, device=X.device)
-    for start, stop in _chunks(n_local, chunk_size):
+    for start, stop in spans(n_local, chunk_size):
         with _autocast(X.device, autocast):
             loss = loss_fn(model(X[start:stop]), y[start:stop])
         total += loss.to(total.dtype) * ((stop - start) / n)
@@ -329,7 +332,7 @@ def evaluate(
         return None, None
     total = torch.zeros((), dtype=accumulate or torch.float64, device=X.device)
     correct = 0
-    for start, stop in _chunks(n_local, chunk_size):
+    for start, stop in spans(n_local, chunk_size):
         yc = y[start:stop]
         with _autocast(X.device, autocast):
             out = model(X[start:stop])

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gdlab.engine.gradient import _chunks
+from gdlab.engine.chunks import spans
 from gdlab.engine.regimes import SampleSchedule
 from gdlab.engine.loop import StopRules
 from gdlab.models.zoo import MLP, LinearModel
@@ -147,7 +147,7 @@ class StackedObjective:
     def data_loss(self, params: Sequence[Tensor], X: Tensor, y: Tensor, per_copy: bool) -> Tensor:
         n = int(X.shape[1] if per_copy else X.shape[0])
         total: Tensor | float = 0.0
-        for start, stop in _chunks(n, self.chunk_size):
+        for start, stop in spans(n, self.chunk_size):
             Xc = X[:, start:stop] if per_copy else X[start:stop]
             yc = y[:, start:stop] if per_copy else y[start:stop]
             out = self.forward(params, Xc, per_copy)
@@ -166,7 +166,7 @@ class StackedObjective:
             return None, None
         loss = torch.zeros(params[0].shape[0], dtype=torch.float64, device=X.device)
         correct = torch.zeros_like(loss)
-        for start, stop in _chunks(n, self.chunk_size):
+        for start, stop in spans(n, self.chunk_size):
             out = self.forward(params, X[start:stop], False)
             loss += per_copy_loss(self.loss_name, out, y[start:stop]).double() * ((stop - start) / n)
             if classification:
