@@ -35,3 +35,26 @@ def test_any_file_is_a_mapping_or_a_gdlab_error(tmp_path_factory, raw, suffix):
         assert isinstance(load_config_file(path), dict)
     except GdlabError:
         pass
+
+
+def test_a_config_is_valid_from_construction_and_immutable():
+    """RunConfig(lr=-1.0) used to construct silently and fail later; now construction validates,
+    fields cannot be reassigned, and dataclasses.replace re-validates the copy."""
+    import dataclasses
+
+    import pytest
+
+    from gdlab.config import RunConfig
+    from gdlab.errors import GdlabError
+
+    with pytest.raises(GdlabError, match="'lr' must be > 0"):
+        RunConfig(lr=-1.0)
+    with pytest.raises(GdlabError, match="nonfinite_policy"):
+        RunConfig(nonfinite_policy="oops")
+    config = RunConfig(lr=0.5)
+    assert config.steps == 100  # the default stopping rule, filled in at construction
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 2.0
+    with pytest.raises(GdlabError, match="'lr' must be > 0"):
+        dataclasses.replace(config, lr=0.0)
+    assert dataclasses.replace(config, lr=0.2).lr == 0.2 and config.lr == 0.5

@@ -7,6 +7,7 @@ with status 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -257,7 +258,8 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
     if resume is not None:
         restore(prepared, resume)
     if auto_sharpness and config.sharpness_every is None:
-        config.sharpness_every = max(1, (prepared.expected_steps or 200) // 20)
+        config = dataclasses.replace(config, sharpness_every=max(1, (prepared.expected_steps or 200) // 20))
+        prepared.config = config
     if not args.quiet:
         with _make_progress(err) as progress:
             cb = _Progress(progress, f"{config.optimizer} / {config.regime}", prepared.expected_steps)

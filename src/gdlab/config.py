@@ -19,7 +19,7 @@ from gdlab.errors import GdlabError, did_you_mean
 DEFAULT_STEPS = 100
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one training run. Units: learning rate per step, time in seconds,
     memory in MiB, epochs in gradient evaluations / N.
@@ -80,6 +80,9 @@ class RunConfig:
     autocast: str | None = None
     accumulate: str | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         """Build and validate a config from a mapping; unknown keys are errors (with suggestions)."""
@@ -94,9 +97,7 @@ class RunConfig:
                     f"unknown config field '{key}'{did_you_mean(str(key), names)}; "
                     f"valid fields: {', '.join(names)}"
                 )
-        config = cls(**data)
-        config.validate()
-        return config
+        return cls(**data)
 
     @property
     def data_seed_value(self) -> int:
@@ -112,7 +113,9 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def validate(self) -> None:
-        """Check types and ranges of every field; fill the default stopping rule."""
+        """Check types and ranges of every field (GdlabError naming the field and the fix); fill
+        the default stopping rule. Called on construction: a RunConfig is always valid, and
+        immutable (``dataclasses.replace`` makes a changed, re-validated copy)."""
         _check_str(self, "task")
         _check_optional(self, "data", str)
         _check_optional(self, "data_dir", str)
@@ -180,7 +183,7 @@ class RunConfig:
                 "drop --grad-tol or use --regime full"
             )
         if self.steps is None and self.max_epochs is None and self.time_budget_s is None:
-            self.steps = DEFAULT_STEPS
+            object.__setattr__(self, "steps", DEFAULT_STEPS)
 
 
 def _check_precision(cfg: RunConfig) -> None:
@@ -261,7 +264,7 @@ def _check_int(
         return
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-        setattr(cfg, name, value)
+        object.__setattr__(cfg, name, value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise GdlabError(f"config field '{name}' must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
@@ -283,7 +286,7 @@ def _check_float(
         return
     if not _is_number(value) or not math.isfinite(value):
         raise GdlabError(f"config field '{name}' must be a finite number, got {value!r}")
-    setattr(cfg, name, float(value))
+    object.__setattr__(cfg, name, float(value))
     fix = f"; {hint}" if hint else ""
     if minimum is not None and value < minimum:
         raise GdlabError(f"config field '{name}' must be >= {minimum}, got {value}{fix}")
