@@ -157,33 +157,120 @@ class LoopOutcome:
 class _Snapshot:
     """Parameters and buffers (and, for rollback, optimizer and scheduler state) at one step.
 
-    Policy ``stop`` only needs the parameters back, so it skips the optimizer and scheduler state,
-    whose deep copy dominates the cost of a snapshot on small stochastic steps."""
+    Policy ``stop`` only needs the parameters back, so it skips the optimizer and scheduler state.
+    A model whose state is exactly its trainable ``params`` (no buffers, nothing frozen or tied)
+    is saved and restored by one fused copy of ``params``, without building its state dict,
+    which costs more than the copy on small stochastic steps."""
 
-    def __init__(self, with_optimizer: bool) -> None:
+    def __init__(self, with_optimizer: bool, params: Sequence[torch.Tensor]) -> None:
         self.with_optimizer = with_optimizer
+        self.params = list(params)
         self.step = -1
+        self.only_params: bool | None = None
+        self.param_copies: list[torch.Tensor] | None = None
         self.model_state: dict[str, torch.Tensor] | None = None
         self.optimizer_state: dict[str, Any] | None = None
         self.scheduler_state: dict[str, Any] | None = None
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        if self.only_params is None:
+            self.only_params = _state_is_params(model, self.params)
+        if self.only_params:
+            self._save_params()
+        else:
+            self._save_state(model)
+        if self.with_optimizer:
+            self.optimizer_state = _copy_state(optimizer.state_dict())
+            self.scheduler_state = _copy_state(scheduler.state_dict()) if scheduler is not None else None
+        self.step = step
+
+    @torch.no_grad()
+    def _save_params(self) -> None:
+        if self.param_copies is None:
+            self.param_copies = [p.detach().clone() for p in self.params]
+        else:
+            torch._foreach_copy_(self.param_copies, self.params)
+
+    def _save_state(self, model: nn.Module) -> None:
         state = model.state_dict()
         if self.model_state is None or self.model_state.keys() != state.keys():
             self.model_state = {k: v.detach().clone() for k, v in state.items()}
         else:
             torch._foreach_copy_(list(self.model_state.values()), list(state.values()))
-        if self.with_optimizer:
-            self.optimizer_state = copy.deepcopy(optimizer.state_dict())
-            self.scheduler_state = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
-        self.step = step
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        model.load_state_dict(self.model_state)
+        if self.only_params:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, self.param_copies)
+        else:
+            model.load_state_dict(self.model_state)
         if self.with_optimizer:
             optimizer.load_state_dict(self.optimizer_state)
             if scheduler is not None and self.scheduler_state is not None:
                 scheduler.load_state_dict(self.scheduler_state)
+
+
+def _state_is_params(model: nn.Module, params: Sequence[torch.Tensor]) -> bool:
+    """Whether ``model.state_dict()`` holds exactly the tensors ``params``, in any order."""
+    state = model.state_dict(keep_vars=True)
+    return len(state) == len(params) and {id(v) for v in state.values()} == {id(p) for p in params}
+
+
+_IMMUTABLE = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _copy_state(obj: Any) -> Any:
+    """A deep copy of an optimizer or scheduler state dict: dicts, lists and tuples rebuilt,
+    tensors cloned, immutable values shared, anything else through ``copy.deepcopy``. The same
+    values as ``copy.deepcopy`` (only tensors shared inside ``obj`` come out as separate copies)
+    at a fraction of its cost on a per-step snapshot."""
+    kind = type(obj)
+    if kind is torch.Tensor and not obj.requires_grad:
+        return obj.clone()
+    if kind is dict:
+        return {k: _copy_state(v) for k, v in obj.items()}
+    if kind is list:
+        return [_copy_state(v) for v in obj]
+    if kind is tuple:
+        return tuple(_copy_state(v) for v in obj)
+    if isinstance(obj, _IMMUTABLE):
+        return obj
+    return copy.deepcopy(obj)
+
+
+def _gradient_norm_if_needed(params: Sequence[torch.Tensor], needed: bool) -> float | None:
+    """:func:`gradient_norm` of ``params`` when its value is ``needed`` or when it may not be
+    finite; None when a cheaper check (one norm per tensor in its own dtype) proves it finite.
+
+    That check proves it when the per-tensor norms sum to less than 1e150: every element is then
+    finite, and so is the float64 norm (a float64 sum of squares overflows only above 1e308)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if needed or len({g.dtype for g in grads}) > 1:
+        return gradient_norm(params)
+    if not grads or float(torch.stack(torch._foreach_norm(grads)).sum()) < 1e150:
+        return None
+    return gradient_norm(params)
+
+
+def _next_batch(
+    schedule: SampleSchedule, X: torch.Tensor, y: torch.Tensor, n: int, shard: Shard | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The inputs and targets of the next step's rows and their count over all ranks: all ``n``
+    rows (full), a slice (one row: no index tensor, no gather), else a gather of the schedule's
+    indices (across processes filtered to this rank's rows)."""
+    if schedule.is_full:
+        schedule.next_indices()
+        return X, y, n
+    if schedule.batch_size == 1 and shard is None:
+        i = schedule.next_row()
+        return X[i : i + 1], y[i : i + 1], 1
+    idx = schedule.next_indices()
+    rows = int(idx.numel())
+    if shard is not None:
+        mine = (idx >= shard.train_start) & (idx < shard.train_stop)
+        idx = idx[mine] - shard.train_start
+    idx = idx.to(X.device)
+    return X[idx], y[idx], rows
 
 
 def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> None:
@@ -262,7 +349,8 @@ def train_loop(
     step = int(resumed.get("step", 0))
     first_loss: float | None = resumed.get("first_loss")
     status, reason = "completed", "max_steps"
-    snapshot = _Snapshot(with_optimizer=guard.policy == "rollback") if guard.policy in ("rollback", "stop") else None
+    snapshot = (_Snapshot(with_optimizer=guard.policy == "rollback", params=params)
+                if guard.policy in ("rollback", "stop") else None)
     rollbacks = int(resumed.get("rollbacks", 0))
     clip_factors: list[float] = list(resumed.get("clip_factors", []))
 
@@ -287,6 +375,21 @@ def train_loop(
     def context(batch_loss: float, gnorm: float, lr: float) -> StepContext:
         return StepContext(step, model, params, batch_loss, gnorm, lr, full_objective, events,
                            diagnostics, train_mode)
+
+    def step_record() -> dict[str, Any]:
+        """The history record of the current step (built only for the steps that are logged)."""
+        record: dict[str, Any] = {
+            "step": step, "epochs": epochs_before, "wall_time_s": time_before,
+            "batch_loss": res.loss, "train_loss": res.loss if schedule.is_full else None,
+            "grad_norm": gnorm, "lr": lr, "test_loss": None, "test_accuracy": None,
+        }
+        if evaluating:
+            if not schedule.is_full:
+                record["train_loss"] = eval_train
+            record["test_loss"], record["test_accuracy"] = test_loss, test_acc
+        if clip_factor is not None:
+            record["clip_factor"] = clip_factor
+        return record
 
     model.train(train_mode)
     try:
@@ -324,27 +427,21 @@ def train_loop(
                     break
 
             t0 = time.perf_counter()
-            idx = schedule.next_indices()
-            rows = n
-            if idx is None:
-                Xb, yb = X, y
-            else:
-                rows = int(idx.numel())
-                if shard is not None:
-                    mine = (idx >= shard.train_start) & (idx < shard.train_stop)
-                    idx = idx[mine] - shard.train_start
-                idx = idx.to(X.device)
-                Xb, yb = X[idx], y[idx]
+            Xb, yb, rows = _next_batch(schedule, X, y, n, shard)
             res = full_batch_loss_and_grad(
                 model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer, params=params,
                 total_rows=rows, reduce=reduce, **precision,
             )
             samples += res.num_samples
-            gnorm = gradient_norm(params)
+            logged = evaluating or step % log_every == 0
+            # the value is needed by a record, a callback, grad_tol or a non-finite loss's message;
+            # otherwise only its finiteness, for the guard
+            gnorm = _gradient_norm_if_needed(params, logged or bool(callbacks) or not math.isfinite(res.loss)
+                                             or (schedule.is_full and stop.grad_tol is not None))
             lr = float(optimizer.param_groups[0]["lr"])
 
             problem = None
-            if not (math.isfinite(res.loss) and math.isfinite(gnorm)):
+            if not (math.isfinite(res.loss) and (gnorm is None or math.isfinite(gnorm))):
                 problem = ("nonfinite", f"loss={res.loss:.4g}, gradient norm={gnorm:.4g} at lr={lr:g}")
             elif first_loss is not None and res.loss > stop.divergence_factor * max(abs(first_loss), 1e-12):
                 problem = ("loss_exploding", f"loss {res.loss:.4g} exceeds {stop.divergence_factor:g} x "
@@ -378,23 +475,17 @@ def train_loop(
             if first_loss is None:
                 first_loss = res.loss
 
-            record: dict[str, Any] = {
-                "step": step, "epochs": epochs_before, "wall_time_s": time_before,
-                "batch_loss": res.loss, "train_loss": res.loss if schedule.is_full else None,
-                "grad_norm": gnorm, "lr": lr, "test_loss": None, "test_accuracy": None,
-            }
-            if evaluating:
-                if not schedule.is_full:
-                    record["train_loss"] = eval_train
-                record["test_loss"], record["test_accuracy"] = test_loss, test_acc
+            clip_factor = None
             if schedule.is_full:
                 if stop.loss_tol is not None and res.loss <= stop.loss_tol:
                     status, reason = "target_reached", "loss_tol"
                 elif stop.grad_tol is not None and gnorm <= stop.grad_tol:
                     status, reason = "stopped", "grad_tol"
             if reason in ("loss_tol", "grad_tol"):
+                if gnorm is None:
+                    gnorm = gradient_norm(params)
                 train_time += time.perf_counter() - t0
-                log(record)
+                log(step_record())
                 break
 
             if callbacks:
@@ -414,7 +505,7 @@ def train_loop(
                                        "detail": f"first clipped step: gradient norm "
                                                  f"{clip.norm_before:.4g} -> {clip.norm_after:.4g}"})
                     clip_factors.append(clip.factor)
-                record["clip_factor"] = clip.factor
+                clip_factor = clip.factor
 
             if line_search:
                 def closure() -> float:
@@ -433,12 +524,13 @@ def train_loop(
                 for cb in callbacks:
                     cb.on_update(ctx)
                 model.train(train_mode)
+            if logged:
+                log(step_record())
             step += 1
-            if evaluating or (step - 1) % log_every == 0:
-                log(record)
-            info = StepInfo(step, samples / n, train_time, res.loss, gnorm, lr)
-            for cb in callbacks:
-                cb.on_step(info)
+            if callbacks:
+                info = StepInfo(step, samples / n, train_time, res.loss, gnorm, lr)
+                for cb in callbacks:
+                    cb.on_step(info)
             if checkpoint is not None and step % checkpoint.every == 0:
                 checkpoint.save(loop_state())
     except KeyboardInterrupt:

@@ -42,6 +42,7 @@ class SampleSchedule:
     position: int = 0
     _perm: torch.Tensor | None = field(default=None, repr=False)
     _gen: torch.Generator | None = field(default=None, repr=False)
+    _order: list[int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._gen = torch.Generator().manual_seed(int(self.seed))
@@ -64,16 +65,30 @@ class SampleSchedule:
         if self.is_full:
             self.epoch += 1
             return None
+        start, stop = self._advance()
+        return self._perm[start:stop]
+
+    def next_row(self) -> int:
+        """The row index of the next step when it uses one row (batch size 1), as a Python int:
+        the same order and state as :meth:`next_indices`, without a tensor per step."""
+        start, _ = self._advance()
+        if self._order is None:
+            self._order = self._perm.tolist()
+        return self._order[start]
+
+    def _advance(self) -> tuple[int, int]:
+        """Move to the next batch, drawing a new permutation at the end of an epoch; returns the
+        batch's (start, stop) positions in the permutation."""
         usable = self.n - self.n % self.batch_size if self.last_batch == "drop" else self.n
         if self._perm is None or self.position >= usable:
             if self._perm is not None:
                 self.epoch += 1
             self._perm = torch.randperm(self.n, generator=self._gen)
+            self._order = None
             self.position = 0
-        stop = min(self.position + self.batch_size, usable)
-        idx = self._perm[self.position : stop]
+        start, stop = self.position, min(self.position + self.batch_size, usable)
         self.position = stop
-        return idx
+        return start, stop
 
     def state_dict(self) -> dict:
         return {
@@ -87,6 +102,7 @@ class SampleSchedule:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._perm = None if state["perm"] is None else state["perm"].clone()
+        self._order = None
         self._gen.set_state(state["generator"])
 
 

@@ -1,0 +1,71 @@
+"""The eager loop's cheap paths (unlogged steps, one-row slices, fused snapshots) change nothing a
+run records: references are the same runs logged on every step and the schedule's own indices."""
+
+import copy
+
+import pytest
+import torch
+
+from gdlab.config import RunConfig
+from gdlab.engine.loop import _copy_state
+from gdlab.engine.regimes import make_schedule
+from gdlab.runner import run
+
+
+def cfg(**kw):
+    return RunConfig.from_dict({"compile": "off", **kw})
+
+
+def test_next_row_follows_next_indices_across_epochs_and_a_restore():
+    """next_row yields the rows next_indices yields for the same seed (over three epochs), and a
+    schedule restored from state_dict mid-epoch continues with the same rows."""
+    a, b = make_schedule("stochastic", 13, seed=3), make_schedule("stochastic", 13, seed=3)
+    assert [a.next_row() for _ in range(39)] == [int(b.next_indices()) for _ in range(39)]
+    for _ in range(5):
+        a.next_row()
+    c = make_schedule("stochastic", 13, seed=99)
+    c.load_state_dict(a.state_dict())
+    assert [c.next_row() for _ in range(20)] == [a.next_row() for _ in range(20)]
+
+
+@pytest.mark.parametrize("config", [
+    dict(task="linreg", lr=30.0, regime="stochastic", max_epochs=3, divergence_factor=1e300, optimizer="momentum"),
+    dict(task="linreg", lr=50.0, steps=200, divergence_factor=1e300, optimizer="adam"),
+    dict(task="digits", model="mlp:64-32-10:relu:bn", lr=20.0, regime="minibatch", batch_size=64, max_epochs=2,
+         optimizer="momentum", divergence_factor=1e3),
+    dict(task="linreg", lr=50.0, steps=300, nonfinite_policy="stop", divergence_factor=1e300),
+    dict(task="linreg", lr=0.1, steps=60, clip_norm=1.0),
+])
+def test_unlogged_steps_record_the_same_run_as_logging_every_step(config):
+    """With log_every=5 the history is exactly every fifth record (plus evaluations and the last)
+    of the same run logged on every step, and the events, final record and parameters are equal:
+    skipping the gradient norm on unlogged steps changes neither the guard's rollbacks nor stops."""
+    every = run(cfg(**config, log_every=1, eval_every=7))
+    sparse = run(cfg(**config, log_every=5, eval_every=7))
+    assert every.events == sparse.events
+    assert {k: v for k, v in every.final.items() if k != "wall_time_s"} == \
+        {k: v for k, v in sparse.final.items() if k != "wall_time_s"}
+    by_position = {}
+    for record in every.history[:-1]:
+        by_position.setdefault((record["step"], record["epochs"]), record)
+    for record in sparse.history[:-1]:
+        reference = by_position[(record["step"], record["epochs"])]
+        assert {k: v for k, v in record.items() if k != "wall_time_s"} == \
+            {k: v for k, v in reference.items() if k != "wall_time_s"}
+    assert all(torch.equal(p, q) for p, q in zip(every.model.parameters(), sparse.model.parameters()))
+
+
+def test_copy_state_equals_deepcopy_and_shares_no_tensor():
+    """An Adam state dict (tensors, tuples, floats, None) copied by _copy_state equals
+    copy.deepcopy's copy, and changing the optimizer afterwards leaves the copy untouched."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    state = opt.state_dict()
+    mine, reference = _copy_state(state), copy.deepcopy(state)
+    assert mine["param_groups"] == reference["param_groups"]
+    assert all(torch.equal(mine["state"][0][k], reference["state"][0][k]) for k in reference["state"][0])
+    opt.step()
+    assert torch.equal(mine["state"][0]["exp_avg"], reference["state"][0]["exp_avg"])
+    assert not torch.equal(mine["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
