@@ -1,4 +1,4 @@
-"""Tests for gdlab.data.files.load_npz: round trips, type inference, and every bad file."""
+"""Tests for gdlab.data.formats.npz.load_npz: round trips, type inference, and every bad file."""
 
 import numpy as np
 import pytest

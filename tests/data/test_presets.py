@@ -1,5 +1,5 @@
 """Tests for gdlab.data.presets (presets on local files, the folders searched, the errors when
-files are absent) and gdlab.data.files.load_data_source (what `--data` accepts).
+files are absent) and gdlab.data.sources.load_data_source (what `--data` accepts).
 
 Reference for values: the small files the tests write; for models: the model zoo building each
 preset's default model on that preset's data shapes."""

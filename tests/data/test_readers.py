@@ -1,5 +1,6 @@
-"""Tests for gdlab.data.readers: IDX, MNIST, CIFAR-10 binary, CSV, .npy pairs (in memory and
-memory-mapped), torch Datasets, and every bad input each reader refuses.
+"""Tests for the readers of gdlab.data.formats: IDX, MNIST, CIFAR-10 binary, CSV, .npy pairs (in
+memory and memory-mapped), and of torch Datasets (gdlab.data.sources), and every bad input each
+reader refuses.
 
 Reference for the values read: the arrays the tests themselves wrote in each format."""
 

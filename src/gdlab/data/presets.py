@@ -23,9 +23,25 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from gdlab.data import readers
 from gdlab.data.dataset import Dataset
+from gdlab.data.formats import cifar10, idx
 from gdlab.errors import GdlabError, unknown_name
+
+DATA_DIR_ENV = "GDLAB_DATA_DIR"
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The directory that holds local data sets: `explicit` when given, else $GDLAB_DATA_DIR.
+
+    The directory need not exist yet: the readers name the files missing from it. Raises
+    GdlabError when neither is set.
+    """
+    if explicit is not None and str(explicit) != "":
+        return Path(explicit).expanduser()
+    from_env = os.environ.get(DATA_DIR_ENV, "")
+    if from_env:
+        return Path(from_env).expanduser()
+    raise GdlabError(f"no data directory: pass --data-dir DIR or set {DATA_DIR_ENV}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,7 @@ class Preset:
 
 
 def _locate_mnist(folder: Path) -> tuple[Path, list[str]]:
-    return folder, readers.find_mnist_files(folder)[1]
+    return folder, idx.find_mnist_files(folder)[1]
 
 
 LOCAL_DATA_SETS: dict[str, LocalDataSet] = {
@@ -65,29 +81,29 @@ LOCAL_DATA_SETS: dict[str, LocalDataSet] = {
             name="mnist",
             title="MNIST",
             folders=("mnist", "MNIST/raw", "MNIST", ""),
-            files=readers.MNIST_FILES,
-            source=readers.MNIST_SOURCE,
+            files=idx.MNIST_FILES,
+            source=idx.MNIST_SOURCE,
             locate=_locate_mnist,
-            read=partial(readers.load_mnist_dir, fashion=False),
+            read=partial(idx.load_mnist_dir, fashion=False),
         ),
         LocalDataSet(
             name="fashion-mnist",
             title="Fashion-MNIST",
             folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
-            files=readers.MNIST_FILES,
-            source=readers.FASHION_MNIST_SOURCE,
+            files=idx.MNIST_FILES,
+            source=idx.FASHION_MNIST_SOURCE,
             locate=_locate_mnist,
-            read=partial(readers.load_mnist_dir, fashion=True),
+            read=partial(idx.load_mnist_dir, fashion=True),
         ),
         LocalDataSet(
             name="cifar10",
             title="CIFAR-10",
             folders=("", "cifar10", "cifar-10"),
-            files=readers.CIFAR10_FILES,
+            files=cifar10.CIFAR10_FILES,
             source="www.cs.toronto.edu/~kriz/cifar.html (the binary version, "
             "cifar-10-binary.tar.gz, extracted)",
-            locate=readers.find_cifar10_files,
-            read=readers.load_cifar10_dir,
+            locate=cifar10.find_cifar10_files,
+            read=cifar10.load_cifar10_dir,
         ),
     )
 }
@@ -104,16 +120,28 @@ def _missing_error(local: LocalDataSet, folders: list[Path], who: str) -> GdlabE
             )
     if local.name == "cifar10":
         for folder in folders:
-            if readers.cifar10_python_version(folder) or (folder / "cifar-10-binary.tar.gz").is_file():
-                return GdlabError(readers.cifar10_missing_message(folder, who))
+            if cifar10.unreadable_version(folder):
+                return GdlabError(cifar10.cifar10_missing_message(folder, who))
     places = [local.locate(folder)[0] for folder in folders]
     also = ", ".join(f"'{place}'" for place in places[1:])
-    gzipped = " (gzipped or not)" if local.files == readers.MNIST_FILES else ""
+    gzipped = " (gzipped or not)" if local.files == idx.MNIST_FILES else ""
     return GdlabError(
         f"{who} needs {', '.join(local.files)}{gzipped} in '{places[0]}' (or in {also}; choose "
-        f"the data directory with --data-dir DIR or {readers.DATA_DIR_ENV}); download them from "
+        f"the data directory with --data-dir DIR or {DATA_DIR_ENV}); download them from "
         f"{local.source}"
     )
+
+
+def _data_root(local: LocalDataSet, explicit: str | os.PathLike | None, who: str) -> Path:
+    """data_dir(explicit), or an error saying where `local`'s files belong once one is set."""
+    try:
+        return data_dir(explicit)
+    except GdlabError:
+        place = f"DIR/{local.folders[0]}" if local.folders[0] else "DIR"
+        raise GdlabError(
+            f"{who} needs a data directory: pass --data-dir DIR or set {DATA_DIR_ENV}, "
+            f"and place {', '.join(local.files)} in {place}"
+        ) from None
 
 
 def load_local_data_set(
@@ -129,20 +157,13 @@ def load_local_data_set(
     folders under the data directory that holds all its files (see the module docstring).
 
     data_dir: the data directory, else $GDLAB_DATA_DIR. seed, n_samples, standardize: as in
-    readers.load_mnist_dir. `who` names the caller in error messages (e.g. "preset 'x'").
+    idx.load_mnist_dir. `who` names the caller in error messages (e.g. "preset 'x'").
     """
     if not isinstance(name, str) or name not in LOCAL_DATA_SETS:
         raise unknown_name("local data set", name, LOCAL_DATA_SETS)
     local = LOCAL_DATA_SETS[name]
     who = who or f"data set '{name}'"
-    try:
-        root = readers.data_dir(data_dir)
-    except GdlabError:
-        place = f"DIR/{local.folders[0]}" if local.folders[0] else "DIR"
-        raise GdlabError(
-            f"{who} needs a data directory: pass --data-dir DIR or set {readers.DATA_DIR_ENV}, "
-            f"and place {', '.join(local.files)} in {place}"
-        ) from None
+    root = _data_root(local, data_dir, who)
     folders = [root / folder if folder else root for folder in local.folders]
     for folder in folders:
         where, missing = local.locate(folder)

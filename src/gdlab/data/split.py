@@ -18,10 +18,15 @@ MAX_SEED = 2**32 - 1
 # which every `gdlab` command would otherwise pay, even `gdlab list`.
 
 
+def is_integer(value: object) -> bool:
+    """Whether `value` is an integer and not a bool (True would otherwise count as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_seed(seed: int) -> None:
     """Raise GdlabError unless `seed` is an integer in [0, 2**32 - 1] (what numpy and
     scikit-learn accept)."""
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+    if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
         raise GdlabError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
 
 

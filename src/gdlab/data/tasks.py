@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from gdlab.data.split import (
     arrays_to_dataset,
     check_seed,
     check_test_fraction,
+    is_integer,
     split_train_test,
     subsample,
 )
@@ -244,10 +244,6 @@ def list_tasks() -> list[TaskSpec]:
     return list(TASKS.values())
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_arguments(
     seed: int,
     n_samples: int | None,
@@ -256,7 +252,7 @@ def _check_arguments(
     dtype: torch.dtype,
 ) -> None:
     check_seed(seed)
-    if n_samples is not None and (not _is_int(n_samples) or n_samples < 2):
+    if n_samples is not None and (not is_integer(n_samples) or n_samples < 2):
         raise GdlabError(
             f"n_samples must be an integer >= 2 (or unset for the task's default), got {n_samples!r}"
         )
