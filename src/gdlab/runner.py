@@ -35,22 +35,14 @@ from gdlab.data.tasks import TASKS
 from gdlab.engine.calibrate import ChunkChoice
 from gdlab.engine.gradient import LossFn, chunk_choice
 from gdlab.diagnostics.health import HealthThresholds
-from gdlab.distributed import Shard, broadcast_parameters, make_shard, world_size
+from gdlab.distributed import Shard, all_reduce_sum, broadcast_parameters, make_shard, world_size
 from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
-from gdlab.engine.fast import (
-    AUTO_COMPILE_MIN_S,
-    AUTO_COMPILE_MIN_STEPS,
-    FastPathChoice,
-    StepFunctions,
-    block_length,
-    blocker,
-    eager_step_time,
-    fast_train_loop,
-    try_compile,
-    warn_fallback,
-)
+from gdlab.engine.choose import StepperChoice, choose_stepper, compiled_blocker
 from gdlab.engine.functional import FunctionalObjective
+from gdlab.engine.gradient import FullBatchObjective
 from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, LoopOutcome, StopRules, train_loop
+from gdlab.engine.steppers.compiled import CompiledStepper, StepFunctions, block_length
+from gdlab.engine.steppers.eager import EagerStepper
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
@@ -366,7 +358,6 @@ def run(
         hook = CheckpointHook(config.checkpoint_every,
                               lambda state: write_checkpoint(checkpoint_dir, _checkpoint_payload(config, prepared, state)))
     net = prepared.model
-    regularizer = prepared.regularizer
     stop = StopRules(
         max_steps=config.steps, max_epochs=config.max_epochs, loss_tol=config.loss_tol,
         grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
@@ -378,24 +369,27 @@ def run(
     )
     all_callbacks = [*diagnostic_callbacks(config), *callbacks]
     autocast, accumulate = precision_dtypes(config)
-    fast, choice = plan_fast_path(config, prepared, all_callbacks, resume=resume is not None,
-                                  checkpoints=hook is not None)
+    shard = prepared.shard
+    objective = FullBatchObjective(
+        net, prepared.loss_fn, prepared.data.X_train, prepared.data.y_train, prepared.chunk_size,
+        prepared.regularizer, params=[p for p in net.parameters() if p.requires_grad], autocast=autocast,
+        accumulate=accumulate, total_rows=shard.n_train if shard else None, reduce=all_reduce_sum if shard else None,
+    )
+    fns, choice = plan_stepper(config, prepared, all_callbacks, resume=resume is not None,
+                               checkpoints=hook is not None)
+    if fns is not None:
+        stepper = CompiledStepper(fns, objective.X, objective.y, lr=config.lr,
+                                  lr_schedule=_lr_sequence(config, prepared.expected_steps))
+    else:
+        stepper = EagerStepper(objective, prepared.optimizer, prepared.schedule, scheduler=prepared.scheduler,
+                               policy=config.nonfinite_policy, clip_norm=config.clip_norm,
+                               clip_value=config.clip_value, shard=shard)
     with deterministic_mode(config.deterministic, config.seed):
-        if fast is not None:
-            outcome = fast_train_loop(
-                net, prepared.data, prepared.loss_fn, fast, stop, lr=config.lr,
-                lr_schedule=_lr_sequence(config, prepared.expected_steps), chunk_size=prepared.chunk_size,
-                eval_every=prepared.eval_every, log_every=prepared.log_every, layer_mode=config.layer_mode,
-                callbacks=all_callbacks, guard=guard, regularizer=regularizer,
-            )
-        else:
-            outcome = train_loop(
-                net, prepared.data, prepared.loss_fn, prepared.optimizer, prepared.schedule, stop,
-                regularizer=regularizer, chunk_size=prepared.chunk_size, eval_every=prepared.eval_every,
-                log_every=prepared.log_every, layer_mode=config.layer_mode, callbacks=all_callbacks,
-                scheduler=prepared.scheduler, guard=guard, shard=prepared.shard, checkpoint=hook,
-                resume=None if resume is None else resume["loop"], autocast=autocast, accumulate=accumulate,
-            )
+        outcome = train_loop(
+            stepper, objective, prepared.data, stop, eval_every=prepared.eval_every, log_every=prepared.log_every,
+            layer_mode=config.layer_mode, callbacks=all_callbacks, guard=guard, shard=shard, checkpoint=hook,
+            resume=None if resume is None else resume["loop"],
+        )
     return make_result(config, prepared, outcome, choice.to_record())
 
 
@@ -423,58 +417,30 @@ def make_result(config: RunConfig, prepared: PreparedRun, outcome: LoopOutcome, 
     )
 
 
-def plan_fast_path(
+def plan_stepper(
     config: RunConfig, prepared: PreparedRun, callbacks: Sequence[Callback], *, resume: bool, checkpoints: bool
-) -> tuple[StepFunctions | None, FastPathChoice]:
-    """Decide between the compiled fast path and the eager loop (``config.compile``).
-
-    ``off``: eager. ``on``: compiled, a GdlabError when the configuration is outside what the fast
-    path covers, and a warning plus the eager loop when compilation fails. ``auto``: compiled only
-    when the run is eligible, not ``deterministic``, long enough that compiling can pay back
-    (estimated eager time >= AUTO_COMPILE_MIN_S seconds, from a measured gradient) and a
-    measured compiled step is faster than an eager gradient."""
-    if config.compile == "off":
-        return None, FastPathChoice("eager", "--compile off")
+) -> tuple[StepFunctions | None, StepperChoice]:
+    """The compiled step functions or None (eager) for this run, and why (``config.compile``;
+    see :func:`gdlab.engine.choose.choose_stepper`)."""
     schedule = config.schedule if config.schedule not in (None, "constant") else None
-    reason = blocker(
+    blocked = compiled_blocker(
         regime=config.regime, optimizer=config.optimizer, model=prepared.model, layer_mode=config.layer_mode,
-        schedule=schedule, policy=config.nonfinite_policy, callbacks=callbacks,
-        distributed=prepared.shard is not None, checkpoints=checkpoints, resume=resume,
+        schedule=schedule, policy=config.nonfinite_policy, step_budget=prepared.expected_steps is not None,
+        callbacks=callbacks, distributed=prepared.shard is not None, checkpoints=checkpoints, resume=resume,
         autocast=config.autocast or (config.accumulate if config.accumulate not in (None, config.dtype) else None),
     )
-    if reason is None and schedule and prepared.expected_steps is None:
-        reason = "a learning-rate schedule without a step budget needs the eager loop"
-    if reason is not None:
-        if config.compile == "on":
-            raise GdlabError(f"--compile on: the compiled fast path cannot run this configuration: "
-                             f"{reason}; use --compile auto or off")
-        return None, FastPathChoice("eager", reason)
+
+    def make_functions() -> StepFunctions:
+        objective = FunctionalObjective(prepared.model, prepared.loss_fn, prepared.chunk_size, config.l1, config.l2)
+        rule = functional_rule(config.optimizer, config.lr, **config.optimizer_params)
+        return StepFunctions(objective, rule, block_length(prepared.eval_every), config.clip_norm, config.clip_value)
+
     data = prepared.data
-    eager_s = None
-    if config.compile == "auto":
-        if config.deterministic:
-            return None, FastPathChoice("eager", "deterministic runs use the eager loop")
-        if (prepared.expected_steps or 0) < AUTO_COMPILE_MIN_STEPS and config.time_budget_s is None:
-            return None, FastPathChoice("eager", f"the run is too short to repay compiling "
-                                                 f"(fewer than {AUTO_COMPILE_MIN_STEPS} steps)")
-        eager_s = eager_step_time(prepared.model, prepared.loss_fn, data.X_train, data.y_train, prepared.chunk_size)
-        budget = [t for t in ((prepared.expected_steps or 0) * eager_s, config.time_budget_s) if t]
-        estimate = min(budget) if budget else 0.0
-        if estimate < AUTO_COMPILE_MIN_S:
-            return None, FastPathChoice(
-                "eager", f"the run is too short to repay compiling (about {estimate:.2g} s eager, "
-                         f"compiling pays from about {AUTO_COMPILE_MIN_S:g} s)", step_s={"eager": eager_s})
-    objective = FunctionalObjective(prepared.model, prepared.loss_fn, prepared.chunk_size, config.l1, config.l2)
-    rule = functional_rule(config.optimizer, config.lr, **config.optimizer_params)
-    fns = StepFunctions(objective, rule, block_length(prepared.eval_every), config.clip_norm, config.clip_value)
-    params = objective.initial()
-    choice = try_compile(fns, params, rule.init(params), config.lr, data.X_train, data.y_train,
-                         eager_step_s=eager_s)
-    if choice.path != "compiled":
-        if config.compile == "on":
-            warn_fallback(choice)
-        return None, choice
-    return fns, choice
+    return choose_stepper(
+        config.compile, blocked, make_functions, lr=config.lr, model=prepared.model, loss_fn=prepared.loss_fn,
+        X=data.X_train, y=data.y_train, chunk_size=prepared.chunk_size, deterministic=config.deterministic,
+        expected_steps=prepared.expected_steps, time_budget_s=config.time_budget_s,
+    )
 
 
 def _lr_sequence(config: RunConfig, steps: int | None) -> list[float] | None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gdlab.config import RunConfig
-from gdlab.engine.gradient import full_batch_loss_and_grad
+from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
 from gdlab.engine.loop import StopRules, finish
 from gdlab.engine.regimes import make_schedule
 from gdlab.engine.stacked import STACKED_LOSSES, StackedForward, StackedObjective, stackable, stacked_step, stacked_train_loop
@@ -174,9 +174,10 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
         with torch.no_grad():
             for p, value in zip(trainable, record.params):
                 p.copy_(value)
+        objective = FullBatchObjective(model, first.loss_fn, first.data.X_train, first.data.y_train,
+                                       first.chunk_size, make_regularizer(model, c.l1, c.l2), params=trainable)
         outcome = finish(
-            model, first.data, first.loss_fn, trainable, regularizer=make_regularizer(model, c.l1, c.l2),
-            chunk_size=first.chunk_size, train_mode=c.layer_mode == "train", shard=None, step=record.step,
+            objective, first.data, train_mode=c.layer_mode == "train", shard=None, step=record.step,
             samples=record.samples, train_time=record.train_time, status=record.status, reason=record.reason,
             rollbacks=0, final_lr=float(lr_table[min(record.step, lr_table.shape[0] - 1), k]), loss_evaluations=None,
             clip_factors=None, history=record.history, events=record.events, diagnostics={}, callbacks=(),

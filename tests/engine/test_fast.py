@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gdlab.config import RunConfig
-from gdlab.engine import fast
+from gdlab.engine import choose
+from gdlab.engine.steppers.compiled import StepFunctions
 from gdlab.engine.loop import NonFiniteError
 from gdlab.errors import GdlabError
 from gdlab.optim import build_optimizer
@@ -91,17 +92,6 @@ def test_functional_clipping_equals_the_in_place_clipping():
     for p, g in zip(params, clipped):
         torch.testing.assert_close(g, p.grad)
     assert float(factor) == pytest.approx(ref.factor, rel=1e-12)
-
-
-@pytest.fixture
-def uncompiled_blocks(monkeypatch):
-    """Run the fast path's block logic with the block function itself instead of its compiled
-    form: the same code path, without paying for torch.compile in every test."""
-
-    def compile_stub(self):
-        self.compiled_block = self.steps
-
-    monkeypatch.setattr(fast.StepFunctions, "compile", compile_stub)
 
 
 def both_paths(**kw):
@@ -205,9 +195,7 @@ def test_auto_compiles_when_the_estimated_eager_time_repays_it(monkeypatch, unco
     machine's load cannot change the outcome): 600 steps at 0.1 s make 60 s, too short to repay
     compiling; at 1 s they make 600 s, so the block is compiled and, a compiled linreg step taking
     milliseconds, kept."""
-    import gdlab.runner as runner
-
-    monkeypatch.setattr(runner, "eager_step_time", lambda *a, **k: eager_step_s)
+    monkeypatch.setattr(choose, "eager_step_time", lambda *a, **k: eager_step_s)
     result = run(RunConfig.from_dict(dict(task="linreg", steps=600, dtype="float64")))
     engine = result.final["engine"]
     assert (engine["path"], engine["step_s"]["eager"]) == (path, eager_step_s)
@@ -225,13 +213,13 @@ def test_a_compiled_step_no_faster_than_an_eager_one_is_dropped(uncompiled_block
     rule = functional_rule("gd", 0.1)
     X, y = prepared.data.X_train, prepared.data.y_train
     for eager_step_s, path in ((1e-9, "eager"), (1e3, "compiled")):
-        fns = fast.StepFunctions(objective, rule, 2, None, None)
+        fns = StepFunctions(objective, rule, 2, None, None)
         params = objective.initial()
-        choice = fast.try_compile(fns, params, rule.init(params), 0.1, X, y, eager_step_s=eager_step_s)
+        choice = choose.try_compile(fns, params, rule.init(params), 0.1, X, y, eager_step_s=eager_step_s)
         assert choice.path == path and choice.step_s["eager"] == eager_step_s
         assert (fns.compiled_block is None) == (path == "eager")
-    assert "is not faster than an eager one" in fast.try_compile(
-        fast.StepFunctions(objective, rule, 2, None, None), params, rule.init(params), 0.1, X, y,
+    assert "is not faster than an eager one" in choose.try_compile(
+        StepFunctions(objective, rule, 2, None, None), params, rule.init(params), 0.1, X, y,
         eager_step_s=1e-9).reason
 
 
@@ -239,7 +227,7 @@ def test_a_compile_failure_falls_back_to_the_eager_loop_with_a_warning(monkeypat
     def broken(self):
         raise RuntimeError("no C++ compiler\nsecond line")
 
-    monkeypatch.setattr(fast.StepFunctions, "compile", broken)
+    monkeypatch.setattr(StepFunctions, "compile", broken)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         result = run(RunConfig.from_dict(dict(task="linreg", steps=30, compile="on")))
     assert result.final["engine"]["path"] == "eager"

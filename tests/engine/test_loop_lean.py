@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gdlab.config import RunConfig
-from gdlab.engine.loop import _copy_state
+from gdlab.engine.steppers.eager import _copy_state
 from gdlab.engine.regimes import make_schedule
 from gdlab.runner import run
 

@@ -9,7 +9,7 @@ forward pass changes them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from gdlab.engine.chunks import spans
 from gdlab.engine.gradient import LossFn
+
 
 def batch_dependent_layers(model: nn.Module) -> list[str]:
     """Names of the layers whose training-mode forward pass depends on the batch or on
@@ -81,7 +82,3 @@ class FunctionalObjective:
             for n, p in zip(self.names, params):
                 named[n].copy_(p)
 
-
-def value_and_grad(objective: Callable[..., Tensor]) -> Callable[..., tuple[list[Tensor], Tensor]]:
-    """``f(params, X, y) -> (gradients, loss)`` by ``torch.func.grad_and_value``."""
-    return torch.func.grad_and_value(objective)

@@ -361,9 +361,10 @@ def gradient_norm(params: Sequence[torch.Tensor]) -> float:
 
 @dataclass
 class FullBatchObjective:
-    """The full-batch training objective of one run, bundled for diagnostics: the model, the loss,
-    all N training rows ``X`` (N, ...) and ``y``, the chunk size, the regulariser and the
-    precision (``autocast``, ``accumulate`` as in :func:`full_batch_loss_and_grad`)."""
+    """The full-batch training objective of one run: the model, the loss, the training rows ``X``
+    (N, ...) and ``y``, the chunk size, the regulariser, the precision (``autocast``,
+    ``accumulate`` as in :func:`full_batch_loss_and_grad`) and, across processes, this rank's
+    rows with ``total_rows`` (N over all ranks) and ``reduce`` (the sum over ranks)."""
 
     model: nn.Module
     loss_fn: LossFn
@@ -374,18 +375,21 @@ class FullBatchObjective:
     params: Sequence[torch.Tensor] | None = None
     autocast: torch.dtype | None = None
     accumulate: torch.dtype | None = None
+    total_rows: int | None = None
+    reduce: Reduce | None = None
 
     def loss(self) -> float:
         """L(theta) at the current parameters, without gradients."""
         return full_batch_loss(
             self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
-            regularizer=self.regularizer, autocast=self.autocast, accumulate=self.accumulate,
+            regularizer=self.regularizer, total_rows=self.total_rows, reduce=self.reduce,
+            autocast=self.autocast, accumulate=self.accumulate,
         )
 
     def loss_and_grad(self) -> GradientResult:
         """L(theta) and its gradient (left in ``p.grad``)."""
         return full_batch_loss_and_grad(
             self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
-            regularizer=self.regularizer, params=self.params, autocast=self.autocast,
-            accumulate=self.accumulate,
+            regularizer=self.regularizer, params=self.params, total_rows=self.total_rows,
+            reduce=self.reduce, autocast=self.autocast, accumulate=self.accumulate,
         )

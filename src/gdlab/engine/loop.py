@@ -1,4 +1,10 @@
-"""The training loop: gradient, guard, clipping, update, schedule, accounting, stopping rules.
+"""The training loop: one loop for every stepper, owning everything a run records.
+
+A *stepper* (:mod:`gdlab.engine.steppers`) owns the parameters and how they move: the eager
+stepper (torch.optim on the model, any regime, any process count) or the compiled one (blocks of
+full-batch steps in one ``torch.compile`` graph). The loop owns the rest, once: accounting, stop
+rules, the non-finite guard, clipping events, history records, events, callbacks, checkpoints and
+interruption. Any stepper therefore records a run the same way.
 
 Accounting conventions (one record per logged step, see DESIGN.md "The run record"):
 
@@ -8,7 +14,8 @@ Accounting conventions (one record per logged step, see DESIGN.md "The run recor
   including gradients wasted on steps that were rolled back.
 * ``wall_time_s`` = training time spent to reach theta_s: gradients, guard, clipping and updates.
   Test metrics, the full training objective for minibatch regimes and diagnostics callbacks are
-  measurement, not training, and are excluded so regimes compare fairly.
+  measurement, not training, and are excluded so regimes compare fairly. A step inside a compiled
+  block is charged the block's time split evenly.
 * ``batch_loss`` is the loss of the rows the step used; ``train_loss`` is the full-batch
   objective, known every step in regime ``full`` and every ``eval_every`` steps otherwise
   (evaluated with ``model.eval()``, like the test metrics).
@@ -25,7 +32,6 @@ the loss exceeds ``divergence_factor`` times the initial loss,
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,18 +42,9 @@ import torch
 from torch import nn
 
 from gdlab.data.dataset import Dataset
-from gdlab.distributed import Shard, agree_max, all_reduce_sum
-from gdlab.engine.gradient import (
-    FullBatchObjective,
-    LossFn,
-    evaluate,
-    full_batch_loss,
-    full_batch_loss_and_grad,
-    gradient_norm,
-)
-from gdlab.engine.regimes import SampleSchedule
-from gdlab.optim.clipping import clip_gradients
-from gdlab.optim.linesearch import ArmijoLineSearch
+from gdlab.distributed import Shard, agree_max
+from gdlab.engine.gradient import FullBatchObjective, evaluate, gradient_norm
+from gdlab.engine.steppers import Stepper
 
 
 class NonFiniteError(RuntimeError):
@@ -76,6 +73,10 @@ class GuardOptions:
     max_rollbacks: int = 10
     clip_norm: float | None = None
     clip_value: float | None = None
+
+    @property
+    def clipping(self) -> bool:
+        return self.clip_norm is not None or self.clip_value is not None
 
 
 @dataclass
@@ -136,6 +137,13 @@ class Callback:
         """Once, after the final record is computed."""
 
 
+def uses_gradients(callback: Callback) -> bool:
+    """Whether ``callback`` looks at the model every step (``on_gradient``/``on_update``): only a
+    stepper that ``exposes_gradients`` can serve it."""
+    kind = type(callback)
+    return kind.on_gradient is not Callback.on_gradient or kind.on_update is not Callback.on_update
+
+
 @dataclass
 class CheckpointHook:
     """Save the loop state every ``every`` updates through ``save(state)``."""
@@ -154,191 +162,64 @@ class LoopOutcome:
     diagnostics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-class _Snapshot:
-    """Parameters and buffers (and, for rollback, optimizer and scheduler state) at one step.
-
-    Policy ``stop`` only needs the parameters back, so it skips the optimizer and scheduler state.
-    A model whose state is exactly its trainable ``params`` (no buffers, nothing frozen or tied)
-    is saved and restored by one fused copy of ``params``, without building its state dict,
-    which costs more than the copy on small stochastic steps."""
-
-    def __init__(self, with_optimizer: bool, params: Sequence[torch.Tensor]) -> None:
-        self.with_optimizer = with_optimizer
-        self.params = list(params)
-        self.step = -1
-        self.only_params: bool | None = None
-        self.param_copies: list[torch.Tensor] | None = None
-        self.model_state: dict[str, torch.Tensor] | None = None
-        self.optimizer_state: dict[str, Any] | None = None
-        self.scheduler_state: dict[str, Any] | None = None
-
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        if self.only_params is None:
-            self.only_params = _state_is_params(model, self.params)
-        if self.only_params:
-            self._save_params()
-        else:
-            self._save_state(model)
-        if self.with_optimizer:
-            self.optimizer_state = _copy_state(optimizer.state_dict())
-            self.scheduler_state = _copy_state(scheduler.state_dict()) if scheduler is not None else None
-        self.step = step
-
-    @torch.no_grad()
-    def _save_params(self) -> None:
-        if self.param_copies is None:
-            self.param_copies = [p.detach().clone() for p in self.params]
-        else:
-            torch._foreach_copy_(self.param_copies, self.params)
-
-    def _save_state(self, model: nn.Module) -> None:
-        state = model.state_dict()
-        if self.model_state is None or self.model_state.keys() != state.keys():
-            self.model_state = {k: v.detach().clone() for k, v in state.items()}
-        else:
-            torch._foreach_copy_(list(self.model_state.values()), list(state.values()))
-
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        if self.only_params:
-            with torch.no_grad():
-                torch._foreach_copy_(self.params, self.param_copies)
-        else:
-            model.load_state_dict(self.model_state)
-        if self.with_optimizer:
-            optimizer.load_state_dict(self.optimizer_state)
-            if scheduler is not None and self.scheduler_state is not None:
-                scheduler.load_state_dict(self.scheduler_state)
+def history_record(step: int, epochs: float, wall_time_s: float, batch_loss: float | None,
+                   train_loss: float | None, grad_norm: float | None, lr: float,
+                   tests: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
+    """One history record (DESIGN.md, "The run record")."""
+    return {"step": step, "epochs": epochs, "wall_time_s": wall_time_s, "batch_loss": batch_loss,
+            "train_loss": train_loss, "grad_norm": grad_norm, "lr": lr,
+            "test_loss": tests[0], "test_accuracy": tests[1]}
 
 
-def _state_is_params(model: nn.Module, params: Sequence[torch.Tensor]) -> bool:
-    """Whether ``model.state_dict()`` holds exactly the tensors ``params``, in any order."""
-    state = model.state_dict(keep_vars=True)
-    return len(state) == len(params) and {id(v) for v in state.values()} == {id(p) for p in params}
-
-
-_IMMUTABLE = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
-
-
-def _copy_state(obj: Any) -> Any:
-    """A deep copy of an optimizer or scheduler state dict: dicts, lists and tuples rebuilt,
-    tensors cloned, immutable values shared, anything else through ``copy.deepcopy``. The same
-    values as ``copy.deepcopy`` (only tensors shared inside ``obj`` come out as separate copies)
-    at a fraction of its cost on a per-step snapshot."""
-    kind = type(obj)
-    if kind is torch.Tensor and not obj.requires_grad:
-        return obj.clone()
-    if kind is dict:
-        return {k: _copy_state(v) for k, v in obj.items()}
-    if kind is list:
-        return [_copy_state(v) for v in obj]
-    if kind is tuple:
-        return tuple(_copy_state(v) for v in obj)
-    if isinstance(obj, _IMMUTABLE):
-        return obj
-    return copy.deepcopy(obj)
-
-
-def _gradient_norm_if_needed(params: Sequence[torch.Tensor], needed: bool) -> float | None:
-    """:func:`gradient_norm` of ``params`` when its value is ``needed`` or when it may not be
-    finite; None when a cheaper check (one norm per tensor in its own dtype) proves it finite.
-
-    That check proves it when the per-tensor norms sum to less than 1e150: every element is then
-    finite, and so is the float64 norm (a float64 sum of squares overflows only above 1e308)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if needed or len({g.dtype for g in grads}) > 1:
-        return gradient_norm(params)
-    if not grads or float(torch.stack(torch._foreach_norm(grads)).sum()) < 1e150:
-        return None
-    return gradient_norm(params)
-
-
-def _next_batch(
-    schedule: SampleSchedule, X: torch.Tensor, y: torch.Tensor, n: int, shard: Shard | None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The inputs and targets of the next step's rows and their count over all ranks: all ``n``
-    rows (full), a slice (one row: no index tensor, no gather), else a gather of the schedule's
-    indices (across processes filtered to this rank's rows)."""
-    if schedule.is_full:
-        schedule.next_indices()
-        return X, y, n
-    if schedule.batch_size == 1 and shard is None:
-        i = schedule.next_row()
-        return X[i : i + 1], y[i : i + 1], 1
-    idx = schedule.next_indices()
-    rows = int(idx.numel())
-    if shard is not None:
-        mine = (idx >= shard.train_start) & (idx < shard.train_stop)
-        idx = idx[mine] - shard.train_start
-    idx = idx.to(X.device)
-    return X[idx], y[idx], rows
-
-
-def _scale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> None:
-    """Multiply the learning rate by ``factor`` now and for the rest of the schedule."""
-    for group in optimizer.param_groups:
-        group["lr"] *= factor
-        if "t_prev" in group:
-            group["t_prev"] *= factor
-    pending = [scheduler] if scheduler is not None else []
-    while pending:
-        sched = pending.pop()
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
-        if hasattr(sched, "_last_lr"):
-            sched._last_lr = [g["lr"] for g in optimizer.param_groups]
-        pending.extend(getattr(sched, "_schedulers", []))
+def guard_problem(loss: float, gnorm: float | None, lr: float, first_loss: float | None,
+                  divergence_factor: float) -> tuple[str, str] | None:
+    """(kind, detail) when a step's loss or gradient norm (None: proven finite) trips the guard."""
+    if not (math.isfinite(loss) and (gnorm is None or math.isfinite(gnorm))):
+        return "nonfinite", f"loss={loss:.4g}, gradient norm={math.nan if gnorm is None else gnorm:.4g} at lr={lr:g}"
+    if first_loss is not None and loss > divergence_factor * max(abs(first_loss), 1e-12):
+        return "loss_exploding", (f"loss {loss:.4g} exceeds {divergence_factor:g} x the initial loss "
+                                  f"{first_loss:.4g} at lr={lr:g}")
+    return None
 
 
 def train_loop(
-    model: nn.Module,
+    stepper: Stepper,
+    objective: FullBatchObjective,
     data: Dataset,
-    loss_fn: LossFn,
-    optimizer: torch.optim.Optimizer,
-    schedule: SampleSchedule,
     stop: StopRules,
     *,
-    regularizer: Callable[[], torch.Tensor] | None = None,
-    chunk_size: int | None = None,
     eval_every: int = 10,
     log_every: int = 1,
     layer_mode: str = "train",
     callbacks: Sequence[Callback] = (),
-    scheduler: Any = None,
     guard: GuardOptions | None = None,
     shard: Shard | None = None,
     checkpoint: CheckpointHook | None = None,
     resume: dict[str, Any] | None = None,
-    autocast: torch.dtype | None = None,
-    accumulate: torch.dtype | None = None,
 ) -> LoopOutcome:
-    """Train ``model`` on ``data`` (tensors already on the model's device) until a stop rule fires.
+    """Train with ``stepper`` until a stop rule fires; ``objective`` is the full-batch training
+    objective of the stepper's model (measurements, callbacks and the final record), ``data``
+    holds the test rows. Returns the final record, the history, the events and the diagnostics.
 
-    Each step: indices from ``schedule``; exact loss and gradient of those rows by
-    :func:`full_batch_loss_and_grad` (chunked); the non-finite guard; diagnostics callbacks;
-    clipping; ``optimizer.step()`` (or the line search's ``step(closure)``); ``scheduler.step()``.
-    Returns the final record, the history, the events and the diagnostics series.
+    Each iteration: the stop rules; at evaluation steps (every ``eval_every``) the test metrics
+    and, outside regime full, the training objective; ``stepper.run`` for one step or a block;
+    the guard and the tolerance rules on each step's loss and gradient norm; the
+    ``on_gradient`` callbacks; ``stepper.accept`` of the steps before the first one that must
+    change the run's course; then each accepted step's clipping event, callbacks, history record
+    and checkpoint.
 
     ``checkpoint.save(loop_state)`` is called every ``checkpoint.every`` updates with the loop's
     counters and records; passing such a state back as ``resume`` (with the model, optimizer,
-    scheduler, sample schedule and RNG restored by the caller) continues the run exactly.
-
-    With ``shard`` (a torch.distributed job) ``data`` holds this rank's rows only; gradients,
-    losses and counts are summed over ranks (see :mod:`gdlab.distributed`), so every rank takes
-    the single-process steps. ``autocast`` and ``accumulate`` set the precision of every
-    gradient and loss evaluation (see :func:`full_batch_loss_and_grad`).
+    scheduler, sample schedule and RNG restored by the caller) continues the run exactly. With
+    ``shard`` (a torch.distributed job) the objective holds this rank's rows and sums over ranks,
+    and the time budget is agreed over ranks so that every rank stops at the same step.
     """
     guard = guard or GuardOptions()
-    precision: dict[str, Any] = {"autocast": autocast, "accumulate": accumulate}
-    params = [p for p in model.parameters() if p.requires_grad]
-    X, y = data.X_train, data.y_train
-    n = shard.n_train if shard else data.n_train
-    n_test = shard.n_test if shard else data.n_test
-    reduce = all_reduce_sum if shard else None
-    classification = data.task_type == "classification"
-    line_search = isinstance(optimizer, ArmijoLineSearch)
+    model = objective.model
+    n = objective.total_rows or int(objective.X.shape[0])
     train_mode = layer_mode == "train"
-    full_objective = FullBatchObjective(model, loss_fn, X, y, chunk_size=chunk_size,
-                                        regularizer=regularizer, params=params, **precision)
+    full = stepper.full
+    model_callbacks = bool(callbacks) and stepper.exposes_gradients
 
     resumed = resume or {}
     history: list[dict[str, Any]] = list(resumed.get("history", []))
@@ -348,11 +229,9 @@ def train_loop(
     train_time = float(resumed.get("train_time", 0.0))
     step = int(resumed.get("step", 0))
     first_loss: float | None = resumed.get("first_loss")
-    status, reason = "completed", "max_steps"
-    snapshot = (_Snapshot(with_optimizer=guard.policy == "rollback", params=params)
-                if guard.policy in ("rollback", "stop") else None)
     rollbacks = int(resumed.get("rollbacks", 0))
     clip_factors: list[float] = list(resumed.get("clip_factors", []))
+    status, reason = "completed", "max_steps"
 
     def loop_state() -> dict[str, Any]:
         """Everything the loop needs to continue exactly where it is (for checkpoints)."""
@@ -372,33 +251,23 @@ def train_loop(
         for cb in callbacks:
             cb.on_log(record)
 
-    def context(batch_loss: float, gnorm: float, lr: float) -> StepContext:
-        return StepContext(step, model, params, batch_loss, gnorm, lr, full_objective, events,
-                           diagnostics, train_mode)
+    def context(s: int, loss: float, gnorm: float, lr: float) -> StepContext:
+        return StepContext(s, model, list(objective.params), loss, gnorm, lr, objective, events, diagnostics,
+                           train_mode)
 
-    def step_record() -> dict[str, Any]:
-        """The history record of the current step (built only for the steps that are logged)."""
-        record: dict[str, Any] = {
-            "step": step, "epochs": epochs_before, "wall_time_s": time_before,
-            "batch_loss": res.loss, "train_loss": res.loss if schedule.is_full else None,
-            "grad_norm": gnorm, "lr": lr, "test_loss": None, "test_accuracy": None,
-        }
-        if evaluating:
-            if not schedule.is_full:
-                record["train_loss"] = eval_train
-            record["test_loss"], record["test_accuracy"] = test_loss, test_acc
-        if clip_factor is not None:
-            record["clip_factor"] = clip_factor
-        return record
+    def steps_left() -> int:
+        left = math.inf if stop.max_steps is None else stop.max_steps - step
+        if stop.max_epochs is not None:
+            left = min(left, math.ceil((stop.max_epochs * n - 1e-9 - samples) / n))
+        return int(min(left, 2**62))
 
     model.train(train_mode)
     try:
         while True:
-            if stop.max_steps is not None and step >= stop.max_steps:
-                status, reason = "completed", "max_steps"
-                break
-            if stop.max_epochs is not None and samples >= stop.max_epochs * n - 1e-9:
-                status, reason = "completed", "max_epochs"
+            left = steps_left()
+            if left <= 0:
+                status = "completed"
+                reason = "max_steps" if stop.max_steps is not None and step >= stop.max_steps else "max_epochs"
                 break
             if stop.time_budget_s is not None and (
                 agree_max(train_time) if shard else train_time
@@ -406,158 +275,146 @@ def train_loop(
                 status, reason = "time_budget", "time_budget"
                 break
 
-            epochs_before, time_before = samples / n, train_time
+            start, samples_before, time_before = step, samples, train_time
             evaluating = step % eval_every == 0
+            tests: tuple[float | None, float | None] = (None, None)
+            eval_train = None
             if evaluating:
-                eval_train = None if schedule.is_full else measured(
-                    lambda: full_batch_loss(model, loss_fn, X, y, chunk_size=chunk_size,
-                                            regularizer=regularizer, total_rows=n, reduce=reduce, **precision))
-                test_loss, test_acc = measured(lambda: evaluate(
-                    model, loss_fn, data.X_test, data.y_test, classification=classification,
-                    chunk_size=chunk_size, total_rows=n_test, reduce=reduce, **precision))
-                if first_loss is None and eval_train is not None and math.isfinite(eval_train):
-                    # the divergence reference is the full objective, not one (maybe lucky) batch
-                    first_loss = eval_train
-                if eval_train is not None and stop.loss_tol is not None and eval_train <= stop.loss_tol:
-                    log({"step": step, "epochs": epochs_before, "wall_time_s": time_before,
-                         "batch_loss": None, "train_loss": eval_train, "grad_norm": None,
-                         "lr": float(optimizer.param_groups[0]["lr"]),
-                         "test_loss": test_loss, "test_accuracy": test_acc})
-                    status, reason = "target_reached", "loss_tol"
+                stepper.sync()
+                tests = measured(lambda: test_metrics(objective, data, shard))
+                if not full:
+                    eval_train = measured(objective.loss)
+                    if first_loss is None and math.isfinite(eval_train):
+                        # the divergence reference is the full objective, not one (maybe lucky) batch
+                        first_loss = eval_train
+                    if stop.loss_tol is not None and eval_train <= stop.loss_tol:
+                        log(history_record(step, samples / n, train_time, None, eval_train, None,
+                                           stepper.lr(step), tests))
+                        status, reason = "target_reached", "loss_tol"
+                        break
+
+            block = stepper.max_block
+            count = block if block > 1 and step % block == 0 and left >= block else 1
+            # a gradient norm's value is needed by a record, a callback or grad_tol; else only its finiteness
+            need_norm = evaluating or step % log_every == 0 or bool(callbacks) or (full and stop.grad_tol is not None)
+            blk = stepper.run(step, count, need_norm)
+
+            # the first step at which the run must change course: the guard or a tolerance rule
+            j, problem, stopping = count, None, None
+            for i in range(count):
+                loss, gnorm = blk.losses[i], blk.grad_norms[i]
+                problem = guard_problem(loss, gnorm, blk.lrs[i], first_loss, stop.divergence_factor)
+                if problem is not None:
+                    j = i
+                    break
+                if first_loss is None:
+                    first_loss = loss
+                if full and stop.loss_tol is not None and loss <= stop.loss_tol:
+                    j, stopping = i, ("target_reached", "loss_tol")
+                    break
+                if full and stop.grad_tol is not None and gnorm <= stop.grad_tol:
+                    j, stopping = i, ("stopped", "grad_tol")
                     break
 
-            t0 = time.perf_counter()
-            Xb, yb, rows = _next_batch(schedule, X, y, n, shard)
-            res = full_batch_loss_and_grad(
-                model, loss_fn, Xb, yb, chunk_size=chunk_size, regularizer=regularizer, params=params,
-                total_rows=rows, reduce=reduce, **precision,
-            )
-            samples += res.num_samples
-            logged = evaluating or step % log_every == 0
-            # the value is needed by a record, a callback, grad_tol or a non-finite loss's message;
-            # otherwise only its finiteness, for the guard
-            gnorm = _gradient_norm_if_needed(params, logged or bool(callbacks) or not math.isfinite(res.loss)
-                                             or (schedule.is_full and stop.grad_tol is not None))
-            lr = float(optimizer.param_groups[0]["lr"])
-
-            problem = None
-            if not (math.isfinite(res.loss) and (gnorm is None or math.isfinite(gnorm))):
-                problem = ("nonfinite", f"loss={res.loss:.4g}, gradient norm={gnorm:.4g} at lr={lr:g}")
-            elif first_loss is not None and res.loss > stop.divergence_factor * max(abs(first_loss), 1e-12):
-                problem = ("loss_exploding", f"loss {res.loss:.4g} exceeds {stop.divergence_factor:g} x "
-                                        f"the initial loss {first_loss:.4g} at lr={lr:g}")
-            if problem is not None:
-                kind, detail = problem
-                if guard.policy == "raise":
-                    raise NonFiniteError(f"step {step}: {detail}")
-                can_roll_back = snapshot is not None and snapshot.step >= 0
-                if guard.policy == "rollback" and can_roll_back and rollbacks < guard.max_rollbacks:
-                    snapshot.restore(model, optimizer, scheduler)
-                    _scale_lr(optimizer, scheduler, guard.lr_factor)
-                    rollbacks += 1
-                    new_lr = float(optimizer.param_groups[0]["lr"])
-                    events.append({"step": step, "kind": kind, "detail": detail})
-                    events.append({"step": snapshot.step, "kind": "rollback",
-                                   "detail": f"restored step {snapshot.step} and cut lr to {new_lr:g} "
-                                             f"(rollback {rollbacks} of at most {guard.max_rollbacks})"})
-                    step = snapshot.step
-                    train_time += time.perf_counter() - t0
-                    continue
-                bad_step = step
-                if can_roll_back:
-                    snapshot.restore(model, optimizer, scheduler)
-                    step = snapshot.step
-                    detail += f"; restored the last good parameters (step {step})"
-                train_time += time.perf_counter() - t0
-                events.append({"step": bad_step, "kind": kind, "detail": detail + "; run stopped as diverged"})
-                status, reason = "diverged", kind
-                break
-            if first_loss is None:
-                first_loss = res.loss
-
-            clip_factor = None
-            if schedule.is_full:
-                if stop.loss_tol is not None and res.loss <= stop.loss_tol:
-                    status, reason = "target_reached", "loss_tol"
-                elif stop.grad_tol is not None and gnorm <= stop.grad_tol:
-                    status, reason = "stopped", "grad_tol"
-            if reason in ("loss_tol", "grad_tol"):
-                if gnorm is None:
-                    gnorm = gradient_norm(params)
-                train_time += time.perf_counter() - t0
-                log(step_record())
-                break
-
-            if callbacks:
-                t_cb = time.perf_counter()
-                ctx = context(res.loss, gnorm, lr)
+            if j == count and model_callbacks:  # count is 1: the gradient is in p.grad
+                ctx = context(step, blk.losses[0], blk.grad_norms[0], blk.lrs[0])
                 for cb in callbacks:
                     cb.on_gradient(ctx)
                 model.train(train_mode)
-                t0 += time.perf_counter() - t_cb
-            if snapshot is not None:
-                snapshot.save(step, model, optimizer, scheduler)
-            if guard.clip_norm is not None or guard.clip_value is not None:
-                clip = clip_gradients(params, max_norm=guard.clip_norm, max_value=guard.clip_value)
-                if clip.clipped:
+            clips, accept_s = stepper.accept(j, step)
+            share = (blk.seconds + accept_s) / count
+            for i in range(j):
+                s, loss, gnorm, lr = start + i, blk.losses[i], blk.grad_norms[i], blk.lrs[i]
+                clip = clips[i]
+                if clip is not None and clip.clipped:
                     if not clip_factors:
-                        events.append({"step": step, "kind": "clip",
-                                       "detail": f"first clipped step: gradient norm "
-                                                 f"{clip.norm_before:.4g} -> {clip.norm_after:.4g}"})
+                        events.append({"step": s, "kind": "clip", "detail": f"first clipped step: gradient norm "
+                                                                          f"{clip.before:.4g} -> {clip.after:.4g}"})
                     clip_factors.append(clip.factor)
-                clip_factor = clip.factor
+                if model_callbacks:
+                    ctx = context(s, loss, gnorm, lr)
+                    for cb in callbacks:
+                        cb.on_update(ctx)
+                    model.train(train_mode)
+                if (evaluating and i == 0) or s % log_every == 0:
+                    record = history_record(s, samples / n, train_time, loss, loss if full else eval_train if i == 0
+                                            else None, gnorm, lr, tests if i == 0 else (None, None))
+                    if clip is not None:
+                        record["clip_factor"] = clip.factor
+                    log(record)
+                step, samples, train_time = s + 1, samples + blk.rows[i], time_before + share * (i + 1)
+                if callbacks:
+                    info = StepInfo(step, samples / n, train_time, loss, gnorm, lr)
+                    for cb in callbacks:
+                        cb.on_step(info)
+                if checkpoint is not None and step % checkpoint.every == 0:
+                    checkpoint.save(loop_state())
+            if j == count:
+                continue
 
-            if line_search:
-                def closure() -> float:
-                    return full_batch_loss(model, loss_fn, Xb, yb, chunk_size=chunk_size,
-                                           regularizer=regularizer, total_rows=rows, reduce=reduce, **precision)
-
-                optimizer.step(closure, loss=res.loss)
-            else:
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            # step j stops the run or is rolled back
+            loss, gnorm, lr = blk.losses[j], blk.grad_norms[j], blk.lrs[j]
+            if stopping is not None:
+                if gnorm is None:
+                    gnorm = stepper.grad_norm()
+                log(history_record(step, samples / n, train_time, loss, loss, gnorm, lr,
+                                   tests if j == 0 else (None, None)))
+            samples += blk.rows[j]
+            train_time = time_before + blk.seconds * (j + 1) / count + accept_s
+            if stopping is not None:
+                status, reason = stopping
+                break
+            kind, detail = problem
+            bad_step = step
+            if guard.policy == "raise":
+                raise NonFiniteError(f"step {bad_step}: {detail}")
+            t0 = time.perf_counter()
+            target = stepper.back()
+            if guard.policy == "rollback" and target is not None and rollbacks < guard.max_rollbacks:
+                stepper.scale_lr(guard.lr_factor)
+                rollbacks += 1
+                events.append({"step": bad_step, "kind": kind, "detail": detail})
+                events.append({"step": target, "kind": "rollback",
+                               "detail": f"restored step {target} and cut lr to {stepper.lr(target):g} "
+                                         f"(rollback {rollbacks} of at most {guard.max_rollbacks})"})
+                step = target
+                train_time += time.perf_counter() - t0
+                continue
             train_time += time.perf_counter() - t0
-
-            if callbacks:
-                ctx = context(res.loss, gnorm, lr)
-                for cb in callbacks:
-                    cb.on_update(ctx)
-                model.train(train_mode)
-            if logged:
-                log(step_record())
-            step += 1
-            if callbacks:
-                info = StepInfo(step, samples / n, train_time, res.loss, gnorm, lr)
-                for cb in callbacks:
-                    cb.on_step(info)
-            if checkpoint is not None and step % checkpoint.every == 0:
-                checkpoint.save(loop_state())
+            if target is not None:
+                step = target
+                detail += f"; restored the last good parameters (step {step})"
+            events.append({"step": bad_step, "kind": kind, "detail": detail + "; run stopped as diverged"})
+            status, reason = "diverged", kind
+            break
     except KeyboardInterrupt:
         status, reason = "stopped", "interrupted"
         events.append({"step": step, "kind": "interrupted", "detail": "stopped by the user (Ctrl-C)"})
+    stepper.sync()
     if checkpoint is not None:
         checkpoint.save(loop_state())
 
     return finish(
-        model, data, loss_fn, params, regularizer=regularizer, chunk_size=chunk_size,
-        train_mode=train_mode, shard=shard, step=step, samples=samples, train_time=train_time,
-        status=status, reason=reason, rollbacks=rollbacks,
-        final_lr=float(optimizer.param_groups[0]["lr"]),
-        loss_evaluations=optimizer.state_info["total_evaluations"] if line_search else None,
-        clip_factors=clip_factors if guard.clip_norm is not None or guard.clip_value is not None else None,
-        history=history, events=events, diagnostics=diagnostics, callbacks=callbacks, **precision,
+        objective, data, train_mode=train_mode, shard=shard, step=step, samples=samples, train_time=train_time,
+        status=status, reason=reason, rollbacks=rollbacks, final_lr=stepper.lr(step),
+        loss_evaluations=stepper.loss_evaluations, clip_factors=clip_factors if guard.clipping else None,
+        history=history, events=events, diagnostics=diagnostics, callbacks=callbacks,
     )
 
 
+def test_metrics(objective: FullBatchObjective, data: Dataset, shard: Shard | None = None
+                 ) -> tuple[float | None, float | None]:
+    """Mean test loss and accuracy (None for regression) at the model's current parameters."""
+    o = objective
+    return evaluate(o.model, o.loss_fn, data.X_test, data.y_test, classification=data.task_type == "classification",
+                    chunk_size=o.chunk_size, total_rows=shard.n_test if shard else None, reduce=o.reduce,
+                    autocast=o.autocast, accumulate=o.accumulate)
+
+
 def finish(
-    model: nn.Module,
+    objective: FullBatchObjective,
     data: Dataset,
-    loss_fn: LossFn,
-    params: Sequence[torch.Tensor],
     *,
-    regularizer: Callable[[], torch.Tensor] | None,
-    chunk_size: int | None,
     train_mode: bool,
     shard: Shard | None,
     step: int,
@@ -573,18 +430,12 @@ def finish(
     events: list[dict[str, Any]],
     diagnostics: dict[str, list[dict[str, Any]]],
     callbacks: Sequence[Callback],
-    autocast: torch.dtype | None = None,
-    accumulate: torch.dtype | None = None,
 ) -> LoopOutcome:
     """The end of a run: the final record at the model's current parameters (plus the loop's
     counters and the clipping summary when ``clip_factors`` is not None), a last history record
     when the last step was not logged, and the ``on_end`` callbacks."""
-    n = shard.n_train if shard else data.n_train
-    final = final_record(
-        model, data, loss_fn, params, regularizer=regularizer, chunk_size=chunk_size,
-        classification=data.task_type == "classification", train_mode=train_mode, shard=shard,
-        autocast=autocast, accumulate=accumulate,
-    )
+    n = objective.total_rows or int(objective.X.shape[0])
+    final = final_record(objective, data, train_mode=train_mode, shard=shard)
     final.update(
         step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
         gradient_evaluations=samples, loss_evaluations=loss_evaluations, rollbacks=rollbacks,
@@ -598,57 +449,32 @@ def finish(
             "median_factor": sorted(clip_factors)[len(clip_factors) // 2] if clip_factors else None,
         }
     if not history or history[-1]["step"] != step:
-        history.append(
-            {"step": step, "epochs": samples / n, "wall_time_s": train_time,
-             "batch_loss": None, "train_loss": final["train_loss"], "grad_norm": final["grad_norm"],
-             "lr": final_lr, "test_loss": final["test_loss"], "test_accuracy": final["test_accuracy"]}
-        )
+        history.append(history_record(step, samples / n, train_time, None, final["train_loss"], final["grad_norm"],
+                                      final_lr, (final["test_loss"], final["test_accuracy"])))
     for cb in callbacks:
         cb.on_end(final, diagnostics)
-    model.train(train_mode)
+    objective.model.train(train_mode)
     return LoopOutcome(final=final, history=history, events=events, diagnostics=diagnostics)
 
 
-def final_record(
-    model: nn.Module,
-    data: Dataset,
-    loss_fn: LossFn,
-    params: Sequence[torch.Tensor],
-    *,
-    regularizer: Callable[[], torch.Tensor] | None,
-    chunk_size: int | None,
-    classification: bool,
-    train_mode: bool,
-    shard: Shard | None = None,
-    autocast: torch.dtype | None = None,
-    accumulate: torch.dtype | None = None,
-) -> dict[str, Any]:
+def final_record(objective: FullBatchObjective, data: Dataset, *, train_mode: bool,
+                 shard: Shard | None = None) -> dict[str, Any]:
     """Train objective, full-batch gradient norm and test metrics at the current parameters
-    (evaluated with ``model.eval()``; summed over ranks with ``shard``; precision as in
-    :func:`full_batch_loss_and_grad`)."""
-    precision: dict[str, Any] = {"autocast": autocast, "accumulate": accumulate}
-    reduce = all_reduce_sum if shard else None
-    n_train = shard.n_train if shard else None
-    n_test = shard.n_test if shard else None
-    model.train(False)
-    res = full_batch_loss_and_grad(
-        model, loss_fn, data.X_train, data.y_train, chunk_size=chunk_size, regularizer=regularizer,
-        params=params, total_rows=n_train, reduce=reduce, **precision,
-    )
+    (evaluated with ``model.eval()``; summed over ranks with ``shard``)."""
+    o = objective
+    o.model.train(False)
+    res = o.loss_and_grad()
+    params = list(o.params)
     gnorm = gradient_norm(params)
     for p in params:
         p.grad = None
-    test_loss, test_acc = evaluate(
-        model, loss_fn, data.X_test, data.y_test, classification=classification, chunk_size=chunk_size,
-        total_rows=n_test, reduce=reduce, **precision,
-    )
+    test_loss, test_acc = test_metrics(o, data, shard)
     train_acc = None
-    if classification:
-        _, train_acc = evaluate(
-            model, loss_fn, data.X_train, data.y_train, classification=True, chunk_size=chunk_size,
-            total_rows=n_train, reduce=reduce, **precision,
-        )
-    model.train(train_mode)
+    if data.task_type == "classification":
+        _, train_acc = evaluate(o.model, o.loss_fn, o.X, o.y, classification=True, chunk_size=o.chunk_size,
+                                total_rows=o.total_rows, reduce=o.reduce, autocast=o.autocast,
+                                accumulate=o.accumulate)
+    o.model.train(train_mode)
     return {
         "train_loss": res.loss, "train_accuracy": train_acc, "grad_norm": gnorm,
         "test_loss": test_loss, "test_accuracy": test_acc,

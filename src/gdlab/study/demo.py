@@ -65,7 +65,3 @@ def run_demo(
         results.append((entry, run(config, callbacks=callbacks, prepared=prepared)))
     return results
 
-
-def compare_regimes(task: str = "digits", **kwargs) -> list[tuple[DemoEntry, RunResult]]:
-    """Plan and run the demo in one call (see :func:`plan_demo` for the arguments)."""
-    return run_demo(plan_demo(task, **kwargs))
