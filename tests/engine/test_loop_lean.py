@@ -69,3 +69,47 @@ def test_copy_state_equals_deepcopy_and_shares_no_tensor():
     opt.step()
     assert torch.equal(mine["state"][0]["exp_avg"], reference["state"][0]["exp_avg"])
     assert not torch.equal(mine["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+
+def _rollback_trace(name, params, save, restore):
+    """Eight steps with saves before steps 0, 3, 5 and a rollback (parameters, optimizer state,
+    lr halved) after steps 1, 4, 6; the parameters after every step."""
+    from gdlab.optim import build_optimizer
+
+    w = torch.nn.Parameter(torch.arange(6.0, dtype=torch.float64).reshape(2, 3))
+    opt = build_optimizer(name, [w], 0.1, **params)
+    trace, saved_w, saved = [], None, None
+    for step in range(8):
+        if step in (0, 3, 5):
+            saved_w, saved = w.detach().clone(), save(opt)
+        w.grad = torch.sin(w.detach() * (step + 1))
+        opt.step()
+        if step in (1, 4, 6):
+            restore(opt, saved)
+            with torch.no_grad():
+                w.copy_(saved_w)
+            opt.param_groups[0]["lr"] *= 0.5
+        trace.append(w.detach().clone())
+    return trace
+
+
+@pytest.mark.parametrize("name, params", [("momentum", {}), ("adam", {"amsgrad": True}),
+                                          ("rmsprop", {"centered": True}), ("adagrad", {})])
+def test_optimizer_snapshot_equals_load_state_dict(name, params):
+    """The rollback snapshot's in-place optimizer copy restores what load_state_dict of a deep
+    copy of state_dict() restores: the same trajectory through three rollbacks, one of them to
+    before the first step (empty optimizer state)."""
+    from gdlab.engine.steppers.eager import _OptimizerState
+
+    def save_snapshot(opt):
+        assert _OptimizerState.applies(opt)
+        snap = save_snapshot.snap = getattr(save_snapshot, "snap", _OptimizerState())
+        snap.save(opt)
+        return snap
+
+    reference = _rollback_trace(name, params, lambda opt: copy.deepcopy(opt.state_dict()),
+                                lambda opt, saved: opt.load_state_dict(copy.deepcopy(saved)))
+    snapshot = _rollback_trace(name, params, save_snapshot, lambda opt, snap: snap.restore(opt))
+    for a, b in zip(reference, snapshot):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

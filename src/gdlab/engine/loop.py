@@ -171,11 +171,11 @@ def history_record(step: int, epochs: float, wall_time_s: float, batch_loss: flo
             "test_loss": tests[0], "test_accuracy": tests[1]}
 
 
-def guard_problem(loss: float, gnorm: float | None, lr: float, first_loss: float | None,
+def guard_problem(loss: float, gnorm: float, lr: float, first_loss: float | None,
                   divergence_factor: float) -> tuple[str, str] | None:
-    """(kind, detail) when a step's loss or gradient norm (None: proven finite) trips the guard."""
-    if not (math.isfinite(loss) and (gnorm is None or math.isfinite(gnorm))):
-        return "nonfinite", f"loss={loss:.4g}, gradient norm={math.nan if gnorm is None else gnorm:.4g} at lr={lr:g}"
+    """(kind, detail) when a step's loss or gradient norm trips the guard."""
+    if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        return "nonfinite", f"loss={loss:.4g}, gradient norm={gnorm:.4g} at lr={lr:g}"
     if first_loss is not None and loss > divergence_factor * max(abs(first_loss), 1e-12):
         return "loss_exploding", (f"loss {loss:.4g} exceeds {divergence_factor:g} x the initial loss "
                                   f"{first_loss:.4g} at lr={lr:g}")
@@ -295,9 +295,7 @@ def train_loop(
 
             block = stepper.max_block
             count = block if block > 1 and step % block == 0 and left >= block else 1
-            # a gradient norm's value is needed by a record, a callback or grad_tol; else only its finiteness
-            need_norm = evaluating or step % log_every == 0 or bool(callbacks) or (full and stop.grad_tol is not None)
-            blk = stepper.run(step, count, need_norm)
+            blk = stepper.run(step, count)
 
             # the first step at which the run must change course: the guard or a tolerance rule
             j, problem, stopping = count, None, None
@@ -355,8 +353,6 @@ def train_loop(
             # step j stops the run or is rolled back
             loss, gnorm, lr = blk.losses[j], blk.grad_norms[j], blk.lrs[j]
             if stopping is not None:
-                if gnorm is None:
-                    gnorm = stepper.grad_norm()
                 log(history_record(step, samples / n, train_time, loss, loss, gnorm, lr,
                                    tests if j == 0 else (None, None)))
             samples += blk.rows[j]

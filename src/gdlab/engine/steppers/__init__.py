@@ -35,13 +35,11 @@ from dataclasses import dataclass
 class Block:
     """What :meth:`Stepper.run` reports for ``count`` steps (lists of length count).
 
-    ``grad_norms[i]`` is None when the stepper proved the gradient finite without computing its
-    norm (the loop asks for it with ``need_norm`` when a record or rule needs the value);
-    ``rows[i]`` is the number of rows whose gradient step i computed, over all processes;
+    ``grad_norms[i]`` is the global norm of step i's gradient (in float64), ``rows[i]`` is the number of rows whose gradient step i computed, over all processes;
     ``seconds`` the training time the block took."""
 
     losses: list[float]
-    grad_norms: list[float | None]
+    grad_norms: list[float]
     lrs: list[float]
     rows: list[int]
     seconds: float
@@ -66,11 +64,7 @@ class Stepper:
     exposes_gradients = False
     full = True  # every step's gradient is over all training rows (its loss is the train loss)
 
-    def run(self, step: int, count: int, need_norm: bool) -> Block:
-        raise NotImplementedError
-
-    def grad_norm(self) -> float:
-        """The exact gradient norm of the last step ``run`` computed with count 1."""
+    def run(self, step: int, count: int) -> Block:
         raise NotImplementedError
 
     def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:

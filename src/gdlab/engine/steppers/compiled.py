@@ -111,7 +111,7 @@ class CompiledStepper(Stepper):
             params, state, *_ = self.fns.one(params, state, tensor_lr(self.lr(step + i), params[0]), self.X, self.y)
         return params, state
 
-    def run(self, step: int, count: int, need_norm: bool) -> Block:
+    def run(self, step: int, count: int) -> Block:
         t0 = time.perf_counter()
         if count > 1:
             lrs = torch.tensor([self.lr(step + i) for i in range(count)], dtype=self.params[0].dtype,
@@ -128,9 +128,6 @@ class CompiledStepper(Stepper):
         n = int(self.X.shape[0])
         return Block(losses, gnorms, [self.lr(step + i) for i in range(count)], [n] * count,
                      time.perf_counter() - t0)
-
-    def grad_norm(self) -> float:
-        return self._pending[4][0]
 
     def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:
         start, count, new, state, gnorms, factors, last = self._pending

@@ -10,7 +10,6 @@ number of processes; the gradient is in ``p.grad`` between ``run`` and ``accept`
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,7 +48,7 @@ class EagerStepper(Stepper):
         self._batch: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._loss = 0.0
 
-    def run(self, step: int, count: int, need_norm: bool) -> Block:
+    def run(self, step: int, count: int) -> Block:
         t0 = time.perf_counter()
         o = self.objective
         Xb, yb, rows = _next_batch(self.schedule, o.X, o.y, o.total_rows or o.X.shape[0], self.shard)
@@ -57,12 +56,9 @@ class EagerStepper(Stepper):
             self.model, o.loss_fn, Xb, yb, chunk_size=o.chunk_size, regularizer=o.regularizer, params=self.params,
             total_rows=rows, reduce=o.reduce, autocast=o.autocast, accumulate=o.accumulate)
         self._batch, self._loss = (Xb, yb, rows), res.loss
-        gnorm = _gradient_norm_if_needed(self.params, need_norm or not math.isfinite(res.loss))
+        gnorm = gradient_norm(self.params)
         lr = float(self.optimizer.param_groups[0]["lr"])
         return Block([res.loss], [gnorm], [lr], [res.num_samples], time.perf_counter() - t0)
-
-    def grad_norm(self) -> float:
-        return gradient_norm(self.params)
 
     def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:
         if k == 0:
@@ -135,7 +131,7 @@ class _Snapshot:
         self.only_params: bool | None = None
         self.param_copies: list[torch.Tensor] | None = None
         self.model_state: dict[str, torch.Tensor] | None = None
-        self.optimizer_state: dict[str, Any] | None = None
+        self.optimizer_state: _OptimizerState | dict[str, Any] | None = None
         self.scheduler_state: dict[str, Any] | None = None
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
@@ -146,7 +142,12 @@ class _Snapshot:
         else:
             self._save_state(model)
         if self.with_optimizer:
-            self.optimizer_state = _copy_state(optimizer.state_dict())
+            if _OptimizerState.applies(optimizer):
+                if not isinstance(self.optimizer_state, _OptimizerState):
+                    self.optimizer_state = _OptimizerState()
+                self.optimizer_state.save(optimizer)
+            else:
+                self.optimizer_state = _copy_state(optimizer.state_dict())
             self.scheduler_state = _copy_state(scheduler.state_dict()) if scheduler is not None else None
         self.step = step
 
@@ -171,9 +172,64 @@ class _Snapshot:
         else:
             model.load_state_dict(self.model_state)
         if self.with_optimizer:
-            optimizer.load_state_dict(self.optimizer_state)
+            if isinstance(self.optimizer_state, _OptimizerState):
+                self.optimizer_state.restore(optimizer)
+            else:
+                optimizer.load_state_dict(self.optimizer_state)
             if scheduler is not None and self.scheduler_state is not None:
                 scheduler.load_state_dict(self.scheduler_state)
+
+
+class _OptimizerState:
+    """A torch.optim optimizer's per-parameter state and hyperparameters, saved into and restored
+    from copies kept between steps: after the first save only the state's tensors are copied (one
+    fused copy), without building and deep-copying a state dict. The same values as
+    ``load_state_dict(copy of state_dict())``, for an optimizer that keeps its state in
+    ``optimizer.state`` and ``param_groups`` (:meth:`applies`)."""
+
+    def __init__(self) -> None:
+        self.state: dict[torch.Tensor, dict[str, Any]] = {}
+        self.groups: list[dict[str, Any]] = []
+
+    @staticmethod
+    def applies(optimizer: torch.optim.Optimizer) -> bool:
+        kind = type(optimizer)
+        return (kind.state_dict is torch.optim.Optimizer.state_dict
+                and kind.load_state_dict is torch.optim.Optimizer.load_state_dict)
+
+    @torch.no_grad()
+    def save(self, optimizer: torch.optim.Optimizer) -> None:
+        self.groups = [{k: _copy_state(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        self.state = {p: self.state.get(p, {}) for p in optimizer.state}
+        _copy_entries(self.state, optimizer.state)
+
+    @torch.no_grad()
+    def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        for p in [p for p in optimizer.state if p not in self.state]:
+            del optimizer.state[p]
+        _copy_entries(optimizer.state, self.state)
+        for group, saved in zip(optimizer.param_groups, self.groups):
+            group.update(_copy_state(saved))
+
+
+def _copy_entries(target: dict[Any, dict[str, Any]], source: dict[Any, dict[str, Any]]) -> None:
+    """Make each ``target[p]`` hold the values of ``source[p]``: tensors of the same shape and
+    dtype copied in place (one fused copy), anything else replaced by a copy."""
+    into, values = [], []
+    for p, entries in source.items():
+        mine = target.setdefault(p, {})
+        for key in [k for k in mine if k not in entries]:
+            del mine[key]
+        for key, value in entries.items():
+            old = mine.get(key)
+            if (type(value) is torch.Tensor and type(old) is torch.Tensor and old is not value
+                    and old.shape == value.shape and old.dtype == value.dtype and old.device == value.device):
+                into.append(old)
+                values.append(value)
+            else:
+                mine[key] = _copy_state(value)
+    if into:
+        torch._foreach_copy_(into, values)
 
 
 def _state_is_params(model: nn.Module, params: Sequence[torch.Tensor]) -> bool:
@@ -202,20 +258,6 @@ def _copy_state(obj: Any) -> Any:
     if isinstance(obj, _IMMUTABLE):
         return obj
     return copy.deepcopy(obj)
-
-
-def _gradient_norm_if_needed(params: Sequence[torch.Tensor], needed: bool) -> float | None:
-    """:func:`gradient_norm` of ``params`` when its value is ``needed`` or when it may not be
-    finite; None when a cheaper check (one norm per tensor in its own dtype) proves it finite.
-
-    That check proves it when the per-tensor norms sum to less than 1e150: every element is then
-    finite, and so is the float64 norm (a float64 sum of squares overflows only above 1e308)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if needed or len({g.dtype for g in grads}) > 1:
-        return gradient_norm(params)
-    if not grads or float(torch.stack(torch._foreach_norm(grads)).sum()) < 1e150:
-        return None
-    return gradient_norm(params)
 
 
 def _next_batch(
