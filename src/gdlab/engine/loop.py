@@ -63,6 +63,15 @@ class StopRules:
     time_budget_s: float | None = None
     divergence_factor: float = 1e6
 
+    def spent(self, step: int, samples: int, n: int) -> str | None:
+        """``max_steps`` or ``max_epochs`` when that budget is used up after ``step`` updates
+        whose gradients covered ``samples`` rows of ``n``, else None."""
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        if self.max_epochs is not None and samples >= self.max_epochs * n - 1e-9:
+            return "max_epochs"
+        return None
+
 
 @dataclass
 class GuardOptions:
@@ -264,11 +273,11 @@ def train_loop(
     model.train(train_mode)
     try:
         while True:
-            left = steps_left()
-            if left <= 0:
-                status = "completed"
-                reason = "max_steps" if stop.max_steps is not None and step >= stop.max_steps else "max_epochs"
+            spent = stop.spent(step, samples, n)
+            if spent is not None:
+                status, reason = "completed", spent
                 break
+            left = steps_left()
             if stop.time_budget_s is not None and (
                 agree_max(train_time) if shard else train_time
             ) >= stop.time_budget_s:

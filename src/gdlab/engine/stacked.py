@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from gdlab.engine.chunks import spans
 from gdlab.engine.regimes import SampleSchedule
-from gdlab.engine.loop import StopRules
+from gdlab.engine.loop import StopRules, guard_problem, history_record
 from gdlab.models.zoo import MLP, LinearModel
 from gdlab.optim.functional import FunctionalRule
 
@@ -242,12 +242,7 @@ def stacked_train_loop(
         return [k for k in range(K) if not copies[k].done]
 
     while alive():
-        if stop.max_steps is not None and step >= stop.max_steps:
-            reason = "max_steps"
-        elif stop.max_epochs is not None and samples >= stop.max_epochs * n - 1e-9:
-            reason = "max_epochs"
-        else:
-            reason = None
+        reason = stop.spent(step, samples, n)
         if reason is not None:
             for k in alive():
                 finish_copy(k, "completed", reason, step, params, samples)
@@ -255,6 +250,10 @@ def stacked_train_loop(
         evaluating = step % eval_every == 0
         if evaluating:
             test_loss, test_acc = objective.evaluate(params, data.X_test, data.y_test, classification)
+
+            def tests(k: int) -> tuple[float | None, float | None]:
+                return (test_loss[k] if test_loss else None, test_acc[k] if test_acc else None)
+
             eval_train = None
             if not is_full:
                 with torch.no_grad():
@@ -263,11 +262,9 @@ def stacked_train_loop(
                     if copies[k].first_loss is None and math.isfinite(eval_train[k]):
                         copies[k].first_loss = eval_train[k]
                     if stop.loss_tol is not None and eval_train[k] <= stop.loss_tol:
-                        copies[k].history.append(
-                            {"step": step, "epochs": samples / n, "wall_time_s": train_time / K, "batch_loss": None,
-                             "train_loss": eval_train[k], "grad_norm": None, "lr": float(lr_table[step, k]),
-                             "test_loss": test_loss[k] if test_loss else None,
-                             "test_accuracy": test_acc[k] if test_acc else None})
+                        copies[k].history.append(history_record(
+                            step, samples / n, train_time / K, None, eval_train[k], None, float(lr_table[step, k]),
+                            tests(k)))
                         finish_copy(k, "target_reached", "loss_tol", step, params, samples)
                 if not alive():
                     break
@@ -292,12 +289,7 @@ def stacked_train_loop(
         logging = evaluating or step % log_every == 0
         for k in alive():
             c, loss, gnorm, lr = copies[k], losses[k], gnorms[k], lr_values[k]
-            problem = None
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                problem = ("nonfinite", f"loss={loss:.4g}, gradient norm={gnorm:.4g} at lr={lr:g}")
-            elif c.first_loss is not None and loss > stop.divergence_factor * max(abs(c.first_loss), 1e-12):
-                problem = ("loss_exploding", f"loss {loss:.4g} exceeds {stop.divergence_factor:g} x "
-                                             f"the initial loss {c.first_loss:.4g} at lr={lr:g}")
+            problem = guard_problem(loss, gnorm, lr, c.first_loss, stop.divergence_factor)
             if problem is not None:
                 kind, detail = problem
                 if previous is not None:
@@ -312,15 +304,9 @@ def stacked_train_loop(
             flat = is_full and stop.grad_tol is not None and gnorm <= stop.grad_tol
             if not (logging or reached or flat):
                 continue  # most steps: nothing to record, so no record is built
-            record = {"step": step, "epochs": samples / n, "wall_time_s": time_before / K,
-                      "batch_loss": loss, "train_loss": loss if is_full else None, "grad_norm": gnorm, "lr": lr,
-                      "test_loss": None, "test_accuracy": None}
-            if evaluating:
-                if not is_full:
-                    record["train_loss"] = eval_train[k]
-                record["test_loss"] = test_loss[k] if test_loss else None
-                record["test_accuracy"] = test_acc[k] if test_acc else None
-            c.history.append(record)
+            train_loss = loss if is_full else eval_train[k] if evaluating else None
+            c.history.append(history_record(step, samples / n, time_before / K, loss, train_loss, gnorm, lr,
+                                            tests(k) if evaluating else (None, None)))
             if reached:
                 finish_copy(k, "target_reached", "loss_tol", step, params, used)
             elif flat:
