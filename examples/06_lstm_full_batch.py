@@ -28,7 +28,7 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ def first_update_error(setting: Setting, lr: float, n_samples: int, chunk: int) 
     """Relative difference between the first GD update / lr of a float64 chunked full-batch run and
     the gradient of the whole training set in one autograd pass written out by hand; and the rows
     in that gradient."""
-    prepared = prepare(replace(config(setting, lr, n_samples, 1, chunk), dtype="float64"))
+    prepared = prepare(config(setting, lr, n_samples, 1, chunk).replace(dtype="float64"))
     reference = copy.deepcopy(prepared.model)
     X, y = prepared.data.X_train, prepared.data.y_train
     loss = 0.5 * ((reference(X) - y) ** 2).sum(dim=1).mean()  # J = 1/(2N) sum ||f - y||^2

@@ -22,7 +22,6 @@ also what it reaches given Adam's wall time instead.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -96,8 +95,7 @@ def equal_time_run(spec: StudySpec, task_index: int, best_lr: float, seconds: fl
     """Batch GD at its tuned lr, stopped by Adam's training wall time instead of the epoch budget."""
     task = spec.tasks[task_index]
     opt = next(o for o in spec.optimizers if o.name == "batch-gd")
-    config = dataclasses.replace(spec.run_config(task, opt, best_lr, seed=0), max_epochs=None,
-                                 time_budget_s=seconds)
+    config = spec.run_config(task, opt, best_lr, seed=0).replace(max_epochs=None, time_budget_s=seconds)
     return run(config)
 
 

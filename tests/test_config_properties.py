@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from gdlab.config import RunConfig, load_config_file
 from gdlab.errors import GdlabError
 
-FIELDS = list(RunConfig.__dataclass_fields__)
+FIELDS = list(RunConfig.model_fields)
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -39,7 +39,7 @@ def test_any_file_is_a_mapping_or_a_gdlab_error(tmp_path_factory, raw, suffix):
 
 def test_a_config_is_valid_from_construction_and_immutable():
     """RunConfig(lr=-1.0) used to construct silently and fail later; now construction validates,
-    fields cannot be reassigned, and dataclasses.replace re-validates the copy."""
+    fields cannot be reassigned, and config.replace re-validates the copy."""
     import dataclasses
 
     import pytest
@@ -56,5 +56,5 @@ def test_a_config_is_valid_from_construction_and_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.lr = 2.0
     with pytest.raises(GdlabError, match="'lr' must be > 0"):
-        dataclasses.replace(config, lr=0.0)
-    assert dataclasses.replace(config, lr=0.2).lr == 0.2 and config.lr == 0.5
+        config.replace(lr=0.0)
+    assert config.replace(lr=0.2).lr == 0.2 and config.lr == 0.5

@@ -7,7 +7,6 @@ with status 2; nothing is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gdlab import __version__
-from gdlab.config import RunConfig, load_config_file
+from gdlab.config import RunConfig, flag_arguments, load_config_file
 from gdlab.engine.loop import Callback, NonFiniteError, StepInfo
 from gdlab.engine.regimes import REGIMES
 from gdlab.errors import GdlabError, WorkerDiedError
@@ -46,84 +45,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data and model")
+    """The run options, one flag per RunConfig field (generated from the schema), then the
+    command's own options."""
+    g = p.add_argument_group("run options (config fields; see docs/cli.md)")
+    for flag, kwargs in flag_arguments().values():
+        g.add_argument(flag, **kwargs)
+    g = p.add_argument_group("command")
     g.add_argument("--config", metavar="FILE", help="YAML or JSON file of config fields; flags override it")
-    g.add_argument("--task", help="registered task (see 'gdlab list'); default digits")
-    g.add_argument("--data", metavar="PATH", help="local data: .npz, .npy pair dir, .csv, MNIST/CIFAR-10 dir, or a preset (overrides --task)")
-    g.add_argument("--data-dir", metavar="DIR", help="where local data sets live (default $GDLAB_DATA_DIR)")
-    g.add_argument("--mmap", action="store_true", default=None, help="memory-map X.npy instead of loading it")
-    g.add_argument("--n-samples", type=int, help="samples to generate / draw (synthetic tasks)")
-    g.add_argument("--test-fraction", type=float, help="held-out fraction, default 0.2")
-    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                   help="standardise inputs with training statistics (task default)")
-    g.add_argument("--model", help="model spec, e.g. mlp:64-128-10:relu, cnn:lenet, lstm:32x1")
-    g.add_argument("--loss", help="mse | cross_entropy | bce (task default)")
-    g.add_argument("--layer-mode", choices=("train", "eval"),
-                   help="BatchNorm/Dropout during gradients: train (per-chunk statistics) or eval")
-    g = p.add_argument_group("update rule and regime")
-    g.add_argument("--optimizer", help="gd, momentum, nesterov, adam, adamw, rmsprop, adagrad, linesearch")
-    g.add_argument("--lr", type=float, help="learning rate (initial step for linesearch), default 0.1")
     g.add_argument("--momentum", type=float, help="momentum coefficient (momentum, nesterov, rmsprop)")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="other optimizer hyper-parameter, e.g. --opt betas=[0.9,0.99]; repeatable")
-    g.add_argument("--regime", help="full | minibatch | stochastic, default full")
-    g.add_argument("--batch-size", type=int, help="rows per step for minibatch, default 32")
-    g.add_argument("--last-batch", choices=("keep", "drop"), help="partial last batch of an epoch")
-    g.add_argument("--chunk-size", type=int,
-                   help="rows per forward/backward pass (default: calibrated within the memory budget)")
-    g.add_argument("--memory-budget-mb", type=float, help="activation memory per chunk, default 256")
-    g.add_argument("--compile", choices=("auto", "on", "off"),
-                   help="compiled fast path for full-batch runs: auto (when it repays compiling), on, off")
-    g.add_argument("--l1", type=float, help="L1 penalty coefficient (part of the objective)")
-    g.add_argument("--l2", type=float, help="L2 penalty coefficient: (l2/2)*||w||^2 (part of the objective)")
-    g = p.add_argument_group("stopping and logging")
-    g.add_argument("--steps", type=int, help="maximum updates (default 100 if no other budget)")
-    g.add_argument("--epochs", type=float, dest="max_epochs", help="maximum gradient evaluations / N")
-    g.add_argument("--loss-tol", type=float, help="stop when the training objective is <= this")
-    g.add_argument("--grad-tol", type=float, help="stop when the full gradient norm is <= this (full regime)")
-    g.add_argument("--time-budget", type=float, dest="time_budget_s", help="training seconds")
-    g.add_argument("--eval-every", type=int, help="steps between test evaluations (default ~50 per run)")
-    g.add_argument("--log-every", type=int, help="steps between history records (default ~1000 per run)")
-    g.add_argument("--seed", type=int, help="seed for data, initialisation and sample order, default 0")
-    g.add_argument("--data-seed", type=int, help="seed for the data and split only (default: --seed)")
-    g.add_argument("--deterministic", action="store_true", default=None,
-                   help="torch deterministic algorithms (error on a nondeterministic kernel), all generators seeded")
-    g.add_argument("--device", help="cpu | cuda | cuda:K | mps | auto (CUDA, else MPS, else CPU), default cpu")
-    g.add_argument("--dtype", choices=("float32", "float64"), help="parameter and data dtype")
     g.add_argument("--precision", choices=tuple(PRECISIONS),
                    help="float32 | float64 (parameters and data) | bf16 (float32 parameters, bf16 autocast forward)")
-    g.add_argument("--accumulate", choices=("float32", "float64"),
-                   help="dtype the full-batch gradient and loss are summed in across chunks (default: parameters')")
-    g = p.add_argument_group("step-size policy and numerical stability")
-    g.add_argument("--schedule", help="lr schedule: constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:T[:MIN]], warmup:W[+REST]")
-    g.add_argument("--clip-norm", type=float, help="clip the gradient to this global 2-norm")
-    g.add_argument("--clip-value", type=float, help="clip each gradient entry to [-X, X]")
-    g.add_argument("--nonfinite-policy", choices=("rollback", "stop", "raise"),
-                   help="on NaN/Inf or exploding loss: roll back and cut lr (default), stop, or raise")
-    g.add_argument("--rollback-lr-factor", type=float, help="lr multiplier after a rollback, default 0.5")
-    g.add_argument("--max-rollbacks", type=int, help="rollbacks before the run stops as diverged, default 10")
-    g.add_argument("--health-every", type=int, help="record per-layer gradient health every K steps")
-    g.add_argument("--vanishing-ratio", type=float, help="vanishing: layer grad norm < this x output layer's, default 1e-3")
-    g.add_argument("--exploding-factor", type=float, help="exploding: grad norm > this x its first value, default 1e3")
-    g.add_argument("--sharpness-every", type=int, help="top Hessian eigenvalue every K steps")
-    g.add_argument("--sharpness-iters", type=int, help="Lanczos iterations (HVPs) per sharpness estimate, default 20")
-    g = p.add_argument_group("output")
-    g.add_argument("--checkpoint-every", type=int, help="write DIR/checkpoint.pt every K steps and at the end (needs --out)")
     g.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR (its config; results go to DIR)")
     g.add_argument("--json", action="store_true", help="print the run record as JSON on stdout")
     g.add_argument("--out", metavar="DIR", help="save run.json and params.pt into DIR")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
-
-
-_CONFIG_FLAGS = (
-    "task", "data", "data_dir", "mmap", "n_samples", "test_fraction", "standardize", "model", "loss", "layer_mode",
-    "optimizer", "lr", "regime", "batch_size", "last_batch", "chunk_size", "memory_budget_mb", "compile",
-    "l1", "l2", "steps", "max_epochs", "loss_tol", "grad_tol", "time_budget_s", "eval_every",
-    "log_every", "seed", "data_seed", "deterministic", "device", "dtype", "accumulate", "schedule", "clip_norm",
-    "clip_value",
-    "nonfinite_policy", "rollback_lr_factor", "max_rollbacks", "health_every", "vanishing_ratio",
-    "exploding_factor", "sharpness_every", "sharpness_iters", "checkpoint_every",
-)
 
 
 def _parse_opt(items: Sequence[str]) -> dict[str, Any]:
@@ -144,12 +81,10 @@ PRECISIONS = {"float32": ("float32", None), "float64": ("float64", None), "bf16"
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Merge a config file (if any) with the flags given on the command line and validate."""
+    """Layer the config file (if any) under the flags given and validate; a flag not given is
+    None, so the file's value, else the field's default, applies."""
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for name in _CONFIG_FLAGS:
-        value = getattr(args, name, None)
-        if value is not None:
-            data[name] = value
+    data.update({name: getattr(args, name) for name in flag_arguments() if getattr(args, name) is not None})
     precision = getattr(args, "precision", None)
     if precision is not None:
         dtype, autocast = PRECISIONS[precision]
@@ -258,7 +193,7 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
     if resume is not None:
         restore(prepared, resume)
     if auto_sharpness and config.sharpness_every is None:
-        config = dataclasses.replace(config, sharpness_every=max(1, (prepared.expected_steps or 200) // 20))
+        config = config.replace(sharpness_every=max(1, (prepared.expected_steps or 200) // 20))
         prepared.config = config
     if not args.quiet:
         with _make_progress(err) as progress:
@@ -294,9 +229,10 @@ def _config_or_resume(args: argparse.Namespace) -> tuple[RunConfig, dict[str, An
         return config_from_args(args), None
     from gdlab.checkpoint import read_checkpoint
 
-    given = [name for name in (*_CONFIG_FLAGS, "precision") if getattr(args, name, None) is not None]
+    given = [flag for name, (flag, _) in flag_arguments().items() if getattr(args, name) is not None]
+    given += ["--precision"] * (args.precision is not None)
     if given or args.config:
-        flags = ", ".join("--" + n.replace("_", "-") for n in given) or "--config"
+        flags = ", ".join(given) or "--config"
         raise GdlabError(f"--resume continues the checkpointed run with its own config; drop {flags}")
     payload = read_checkpoint(args.resume)
     args.out = args.resume
