@@ -20,7 +20,8 @@ from gdlab.config import RunConfig
 from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
 from gdlab.engine.loop import StopRules, finish
 from gdlab.engine.regimes import make_schedule
-from gdlab.engine.stacked import STACKED_LOSSES, StackedForward, StackedObjective, stackable, stacked_step, stacked_train_loop
+from gdlab.engine.choose import stacked_blocker
+from gdlab.engine.stacked import StackedForward, StackedObjective, stacked_step, stacked_train_loop
 from gdlab.optim import build_optimizer
 from gdlab.optim.functional import FUNCTIONAL_RULES, functional_rule
 from gdlab.runner import PreparedRun, RunResult, _lr_sequence, make_regularizer, make_result, prepare, run
@@ -41,23 +42,13 @@ def sweep_blocker(configs: Sequence[RunConfig], prepared: PreparedRun) -> str | 
             return f"the runs differ in {', '.join(keys)} (only lr and seed may vary)"
     if len({c.data_seed_value for c in configs}) > 1:
         return "the runs use different data (set data_seed so that seeds vary only the model)"
-    if first.optimizer not in FUNCTIONAL_RULES:
-        return f"optimizer '{first.optimizer}' has no functional form"
-    if first.nonfinite_policy != "stop":
-        return f"the stacked guard implements policy stop, not '{first.nonfinite_policy}'"
-    if first.clip_norm is not None or first.clip_value is not None:
-        return "clipping is per run"
-    if first.health_every or first.sharpness_every or first.checkpoint_every:
-        return "diagnostics and checkpoints need separate runs"
-    if first.time_budget_s is not None:
-        return "a time budget is per run"
-    if getattr(first, "autocast", None) or getattr(first, "accumulate", None):
-        return "autocast and accumulation options need separate runs"
-    if prepared.shard is not None:
-        return "a multi-process run"
-    if prepared.loss_name not in STACKED_LOSSES:
-        return f"loss '{prepared.loss_name}' does not stack"
-    return stackable(prepared.model)
+    return stacked_blocker(
+        optimizer=first.optimizer, policy=first.nonfinite_policy, model=prepared.model, loss=prepared.loss_name,
+        clipping=first.clip_norm is not None or first.clip_value is not None,
+        per_step_work=bool(first.health_every or first.sharpness_every or first.checkpoint_every),
+        time_budget=first.time_budget_s is not None, autocast=bool(first.autocast or first.accumulate),
+        distributed=prepared.shard is not None,
+    )
 
 
 def _stack(models: Sequence[torch.nn.Module]) -> list[torch.Tensor]:

@@ -1,7 +1,8 @@
 """Which stepper a run gets, and why: the one place that decides (recorded as ``final.engine``).
 
-The eager stepper runs everything. The compiled stepper runs what :func:`compiled_blocker` lets
-through; under ``--compile auto`` it is chosen only when compiling can pay for itself (a long
+The eager stepper runs everything. K runs that differ only in learning rate and seed may train
+as one stacked model when :func:`stacked_blocker` lets them (:mod:`gdlab.sweep` measures whether
+it pays). The compiled stepper runs what :func:`compiled_blocker` lets through; under ``--compile auto`` it is chosen only when compiling can pay for itself (a long
 enough run, a measured compiled step faster than an eager gradient), under ``--compile on``
 whenever it may run (a configuration it cannot run is refused, a failed compile falls back to
 eager with a warning).
@@ -21,6 +22,7 @@ from torch import Tensor
 from gdlab.engine.functional import batch_dependent_layers
 from gdlab.engine.gradient import LossFn, full_batch_loss_and_grad
 from gdlab.engine.loop import Callback, uses_gradients
+from gdlab.engine.stacked import STACKED_LOSSES, stackable
 from gdlab.engine.steppers.compiled import StepFunctions, tensor_lr
 from gdlab.errors import GdlabError
 from gdlab.optim.functional import FUNCTIONAL_RULES
@@ -86,6 +88,40 @@ def compiled_blocker(
     if schedule and not step_budget:
         return "a learning-rate schedule without a step budget needs the eager loop"
     return None
+
+
+def stacked_blocker(
+    *,
+    optimizer: str,
+    policy: str,
+    model: torch.nn.Module,
+    loss: str,
+    clipping: bool = False,
+    per_step_work: bool = False,
+    time_budget: bool = False,
+    autocast: bool = False,
+    distributed: bool = False,
+) -> str | None:
+    """Why K runs of one configuration (differing only in lr and seed) cannot train as one
+    stacked model (one phrase), or None when they can. ``per_step_work``: diagnostics or
+    checkpoints; ``autocast``: an autocast or accumulation option."""
+    if optimizer not in FUNCTIONAL_RULES:
+        return f"optimizer '{optimizer}' has no functional form"
+    if policy != "stop":
+        return f"the stacked guard implements policy stop, not '{policy}'"
+    if clipping:
+        return "clipping is per run"
+    if per_step_work:
+        return "diagnostics and checkpoints need separate runs"
+    if time_budget:
+        return "a time budget is per run"
+    if autocast:
+        return "autocast and accumulation options need separate runs"
+    if distributed:
+        return "a multi-process run"
+    if loss not in STACKED_LOSSES:
+        return f"loss '{loss}' does not stack"
+    return stackable(model)
 
 
 def choose_stepper(
