@@ -51,3 +51,33 @@ settings.load_profile("gdlab-tests")
 def session_dir() -> Path:
     """This test process's temporary directory, holding the isolated home and caches."""
     return SESSION_DIR
+
+
+def _assert_same_run(reference, other, tol=1e-10):
+    """``other`` records the same run as ``reference`` to ``tol``: counters and status exactly,
+    final metrics, every history record (same steps), the events and the final parameters."""
+    for key in ("step", "epochs", "status", "stop_reason", "rollbacks", "gradient_evaluations"):
+        assert other.final[key] == reference.final[key], key
+    for key in ("train_loss", "grad_norm", "test_loss", "test_accuracy", "final_lr"):
+        if reference.final[key] is None:
+            assert other.final[key] is None, key
+        else:
+            assert other.final[key] == pytest.approx(reference.final[key], rel=tol, abs=tol), key
+    assert [h["step"] for h in other.history] == [h["step"] for h in reference.history]
+    for a, b in zip(reference.history, other.history):
+        for key in ("batch_loss", "train_loss", "grad_norm", "lr", "test_loss", "test_accuracy", "epochs",
+                    "clip_factor"):
+            if a.get(key) is None:
+                assert b.get(key) is None, (key, a["step"])
+            else:
+                assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), (key, a["step"])
+    assert [(e["step"], e["kind"]) for e in other.events] == [(e["step"], e["kind"]) for e in reference.events]
+    for p, q in zip(reference.model.parameters(), other.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=tol, atol=tol)
+
+
+@pytest.fixture
+def assert_same_run():
+    """``assert_same_run(reference, other, tol=1e-10)``: two runs (say an eager run and the same
+    config on a faster stepper) record the same run to float rounding."""
+    return _assert_same_run

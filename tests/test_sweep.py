@@ -17,32 +17,17 @@ from gdlab.sweep import run_sweep, sweep_configs
 from gdlab.tune import search_learning_rate
 
 
-def assert_same(stacked, sequential, tol=1e-9):
-    assert stacked.final["engine"]["path"] == "stacked"
-    for key in ("step", "epochs", "status", "stop_reason", "gradient_evaluations"):
-        assert stacked.final[key] == sequential.final[key], key
-    for key in ("train_loss", "grad_norm", "test_loss", "test_accuracy", "final_lr"):
-        if sequential.final[key] is None:
-            assert stacked.final[key] is None
-        else:
-            assert stacked.final[key] == pytest.approx(sequential.final[key], rel=tol, abs=tol), key
-    assert [h["step"] for h in stacked.history] == [h["step"] for h in sequential.history]
-    for a, b in zip(sequential.history, stacked.history):
-        for key in ("batch_loss", "train_loss", "grad_norm", "lr", "test_loss", "test_accuracy", "epochs"):
-            if a[key] is None:
-                assert b[key] is None, (key, a["step"])
-            else:
-                assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), (key, a["step"])
-    assert [(e["step"], e["kind"]) for e in stacked.events] == [(e["step"], e["kind"]) for e in sequential.events]
-    for p, q in zip(sequential.model.parameters(), stacked.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=tol, atol=tol)
+def assert_stacked_equal(same_run, stacked, sequential):
+    for a, b in zip(stacked, sequential):
+        assert a.final["engine"]["path"] == "stacked"
+        same_run(b, a, 1e-9)
 
 
 def both(configs):
     return run_sweep(configs, stacked="on"), run_sweep(configs, stacked="off")
 
 
-def test_full_batch_lr_grid_equals_separate_runs_including_the_diverging_ones():
+def test_full_batch_lr_grid_equals_separate_runs_including_the_diverging_ones(assert_same_run):
     """Eight learning rates for linear regression, half of them above 2/lambda_max: every copy's
     history, events, stopping step and final parameters equal its own run; the stable ones are
     not disturbed by the diverging ones."""
@@ -52,11 +37,10 @@ def test_full_batch_lr_grid_equals_separate_runs_including_the_diverging_ones():
     stacked, sequential = both(configs)
     statuses = {r.final["status"] for r in sequential}
     assert statuses == {"completed", "diverged"}
-    for a, b in zip(stacked, sequential):
-        assert_same(a, b)
+    assert_stacked_equal(assert_same_run, stacked, sequential)
 
 
-def test_minibatch_seeds_and_lrs_equal_separate_runs():
+def test_minibatch_seeds_and_lrs_equal_separate_runs(assert_same_run):
     """Momentum on a digits MLP, mini-batches of 50 with a partial last batch, 2 seeds x 3 rates
     (each seed its own initialisation and sample order, the data fixed by data_seed)."""
     base = RunConfig.from_dict(dict(task="digits", model="mlp:64-12-10:tanh", optimizer="momentum",
@@ -64,22 +48,20 @@ def test_minibatch_seeds_and_lrs_equal_separate_runs():
                                     dtype="float64", data_seed=3, eval_every=5, log_every=1))
     configs = sweep_configs(base, lrs=[0.01, 0.05, 0.2], seeds=[0, 1])
     stacked, sequential = both(configs)
-    for a, b in zip(stacked, sequential):
-        assert_same(a, b)
+    assert_stacked_equal(assert_same_run, stacked, sequential)
 
 
-def test_stochastic_regression_with_different_seeds():
+def test_stochastic_regression_with_different_seeds(assert_same_run):
     """Stochastic GD (B = 1, one sample per copy per step, each seed its own order) on linear
     regression with an mse loss: the per-copy targets keep their copy."""
     base = RunConfig.from_dict(dict(task="linreg", regime="stochastic", max_epochs=1, nonfinite_policy="stop",
                                     dtype="float64", data_seed=0, eval_every=9, log_every=1))
     configs = sweep_configs(base, lrs=[0.01, 0.1], seeds=[0, 1, 2])
     stacked, sequential = both(configs)
-    for a, b in zip(stacked, sequential):
-        assert_same(a, b)
+    assert_stacked_equal(assert_same_run, stacked, sequential)
 
 
-def test_stochastic_logistic_with_schedule_and_loss_target():
+def test_stochastic_logistic_with_schedule_and_loss_target(assert_same_run):
     """Stochastic GD (B = 1) on L2 logistic regression with a cosine schedule and a loss target
     reached at different evaluation points by different copies."""
     base = RunConfig.from_dict(dict(task="breast_cancer", model="logistic", regime="stochastic", max_epochs=1,
@@ -88,8 +70,7 @@ def test_stochastic_logistic_with_schedule_and_loss_target():
     configs = sweep_configs(base, lrs=[0.003, 0.03, 0.3])
     stacked, sequential = both(configs)
     assert any(r.final["status"] == "target_reached" for r in sequential)
-    for a, b in zip(stacked, sequential):
-        assert_same(a, b)
+    assert_stacked_equal(assert_same_run, stacked, sequential)
 
 
 @pytest.mark.parametrize("loss,out_dim", [("mse", 3), ("mse", 1), ("cross_entropy", 4), ("bce", 1)])

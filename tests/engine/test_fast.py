@@ -103,27 +103,9 @@ def both_paths(**kw):
     return eager, blocked
 
 
-def assert_same_run(eager, blocked, tol=1e-10):
-    for key in ("step", "epochs", "status", "stop_reason", "rollbacks", "gradient_evaluations"):
-        assert blocked.final[key] == eager.final[key], key
-    for key in ("train_loss", "grad_norm", "test_loss", "final_lr"):
-        if eager.final[key] is not None:
-            assert blocked.final[key] == pytest.approx(eager.final[key], rel=tol, abs=tol), key
-    assert [h["step"] for h in blocked.history] == [h["step"] for h in eager.history]
-    for a, b in zip(eager.history, blocked.history):
-        for key in ("train_loss", "grad_norm", "lr", "test_loss", "test_accuracy", "epochs", "clip_factor"):
-            if a.get(key) is None:
-                assert b.get(key) is None, (key, a["step"])
-            else:
-                assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), (key, a["step"])
-    assert [(e["step"], e["kind"]) for e in blocked.events] == [(e["step"], e["kind"]) for e in eager.events]
-    for p, q in zip(eager.model.parameters(), blocked.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=tol, atol=tol)
-
-
 @pytest.mark.parametrize("optimizer,params", [("gd", {}), ("momentum", {}), ("nesterov", {}), ("adam", {}),
                                               ("adamw", {}), ("rmsprop", {"centered": True}), ("adagrad", {})])
-def test_block_loop_equals_the_eager_loop(uncompiled_blocks, optimizer, params):
+def test_block_loop_equals_the_eager_loop(uncompiled_blocks, assert_same_run, optimizer, params):
     """25 steps of a digits MLP with blocks of 10 (eval_every 10) and a remainder: the same history
     (every step logged), test metrics, clip factors, events and final parameters as the eager loop
     to 1e-10 in float64, with clipping and an L2 term."""
@@ -135,7 +117,7 @@ def test_block_loop_equals_the_eager_loop(uncompiled_blocks, optimizer, params):
     assert_same_run(eager, blocked)
 
 
-def test_block_loop_follows_a_schedule_and_stops_at_the_loss_target(uncompiled_blocks):
+def test_block_loop_follows_a_schedule_and_stops_at_the_loss_target(uncompiled_blocks, assert_same_run):
     """Cosine schedule (policy stop) and a loss target reached inside a block: the run stops at the
     same step as the eager loop, with the same per-step learning rates."""
     eager, blocked = both_paths(task="linreg", lr=0.5, steps=200, schedule="cosine", nonfinite_policy="stop",
@@ -144,14 +126,14 @@ def test_block_loop_follows_a_schedule_and_stops_at_the_loss_target(uncompiled_b
     assert_same_run(eager, blocked)
 
 
-def test_block_loop_stops_at_the_gradient_tolerance(uncompiled_blocks):
+def test_block_loop_stops_at_the_gradient_tolerance(uncompiled_blocks, assert_same_run):
     eager, blocked = both_paths(task="linreg", lr=0.3, steps=500, grad_tol=1e-4, eval_every=16)
     assert eager.final["stop_reason"] == "grad_tol"
     assert_same_run(eager, blocked)
 
 
 @pytest.mark.parametrize("policy", ["stop", "rollback"])
-def test_block_loop_guard_matches_the_eager_guard(uncompiled_blocks, policy):
+def test_block_loop_guard_matches_the_eager_guard(uncompiled_blocks, assert_same_run, policy):
     """Linear regression at lr 1.2 > 2/lambda_max diverges: policy stop ends at the same step with
     the same last good parameters; policy rollback rolls back at the same steps, cuts the rate
     the same way and finishes identically."""

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from gdlab.config import RunConfig
 from gdlab.engine.loop import NonFiniteError
@@ -61,27 +60,6 @@ def config(options, **changes):
     return RunConfig.from_dict({**base, **options, **changes})
 
 
-def assert_same_run(reference, other):
-    for key in ("step", "epochs", "status", "stop_reason", "rollbacks", "gradient_evaluations"):
-        assert other.final[key] == reference.final[key], key
-    for key in ("train_loss", "grad_norm", "test_loss", "test_accuracy", "final_lr"):
-        if reference.final[key] is None:
-            assert other.final[key] is None, key
-        else:
-            assert other.final[key] == pytest.approx(reference.final[key], rel=TOL, abs=TOL), key
-    assert [h["step"] for h in other.history] == [h["step"] for h in reference.history]
-    for a, b in zip(reference.history, other.history):
-        for key in ("batch_loss", "train_loss", "grad_norm", "lr", "test_loss", "test_accuracy", "epochs",
-                    "clip_factor"):
-            if a.get(key) is None:
-                assert b.get(key) is None, (key, a["step"])
-            else:
-                assert b[key] == pytest.approx(a[key], rel=TOL, abs=TOL), (key, a["step"])
-    assert [(e["step"], e["kind"]) for e in other.events] == [(e["step"], e["kind"]) for e in reference.events]
-    for p, q in zip(reference.model.parameters(), other.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=TOL, atol=TOL)
-
-
 def eager_or_error(cfg):
     try:
         return run(cfg)
@@ -94,7 +72,7 @@ def test_each_case_exercises_its_option(option):
     assert EXERCISED[option](run(config(CASES[option], compile="off")))
 
 
-def compiled_support(options) -> str:
+def compiled_support(options, assert_same_run) -> str:
     """'yes' when the compiled stepper ran and equalled the eager one, else 'no' (with the
     reason recorded under --compile auto and refused under --compile on)."""
     eager = eager_or_error(config(options, compile="off"))
@@ -104,17 +82,17 @@ def compiled_support(options) -> str:
         auto = eager_or_error(config(options, compile="auto"))
         reason = auto.final["engine"]["reason"]
         assert auto.final["engine"]["path"] == "eager" and reason and reason in str(exc)
-        assert_same_run(eager, auto)
+        assert_same_run(eager, auto, TOL)
         return "no"
     if isinstance(eager, NonFiniteError):
         assert str(compiled) == str(eager)
     else:
         assert compiled.final["engine"]["path"] == "compiled"
-        assert_same_run(eager, compiled)
+        assert_same_run(eager, compiled, TOL)
     return "yes"
 
 
-def stacked_support(options) -> str:
+def stacked_support(options, assert_same_run) -> str:
     """'yes' when two copies (two learning rates) stacked and each equalled its eager run, else
     'no' with the reason the sweep recorded."""
     configs = [config(options, compile="off"), config(options, compile="off", lr=options["lr"] / 2)]
@@ -126,7 +104,7 @@ def stacked_support(options) -> str:
         return "no"
     for cfg, result in zip(configs, run_sweep(configs, stacked="on")):
         assert result.final["engine"]["path"] == "stacked"
-        assert_same_run(run(cfg), result)
+        assert_same_run(run(cfg), result, TOL)
     return "yes"
 
 
@@ -150,10 +128,10 @@ def test_the_documented_table_lists_every_option():
 
 
 @pytest.mark.parametrize("option", list(CASES))
-def test_compiled_stepper_parity(uncompiled_blocks, option):
-    assert compiled_support(CASES[option]) == documented_support()[option]["compiled"]
+def test_compiled_stepper_parity(uncompiled_blocks, assert_same_run, option):
+    assert compiled_support(CASES[option], assert_same_run) == documented_support()[option]["compiled"]
 
 
 @pytest.mark.parametrize("option", list(CASES))
-def test_stacked_stepper_parity(option):
-    assert stacked_support(CASES[option]) == documented_support()[option]["stacked"]
+def test_stacked_stepper_parity(assert_same_run, option):
+    assert stacked_support(CASES[option], assert_same_run) == documented_support()[option]["stacked"]

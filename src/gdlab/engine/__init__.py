@@ -1,4 +1,8 @@
-"""The engine: exact full-batch gradients, sample schedules, the training loop and the runner."""
+"""The engine: exact full-batch gradients, sample schedules, the one training loop and its steppers.
+
+``train_loop(stepper, objective, data, stop)`` trains with a stepper from
+:mod:`gdlab.engine.steppers` (``EagerStepper`` for a model and its torch.optim optimizer);
+:mod:`gdlab.engine.choose` decides which stepper a run gets."""
 
 from gdlab.engine.gradient import (
     FullBatchObjective,
@@ -9,9 +13,11 @@ from gdlab.engine.gradient import (
     full_batch_loss_and_grad,
     gradient_norm,
 )
+from gdlab.engine.loop import Callback, GuardOptions, LoopOutcome, NonFiniteError, StopRules, train_loop
 from gdlab.engine.regimes import REGIMES, SampleSchedule, make_schedule
 
 __all__ = [
     "FullBatchObjective", "GradientResult", "auto_chunk_size", "evaluate", "full_batch_loss", "full_batch_loss_and_grad",
-    "gradient_norm", "REGIMES", "SampleSchedule", "make_schedule",
+    "gradient_norm", "REGIMES", "SampleSchedule", "make_schedule", "Callback", "GuardOptions", "LoopOutcome",
+    "NonFiniteError", "StopRules", "train_loop",
 ]
