@@ -27,6 +27,7 @@ test: setup
 # Every benchmark prints its table and writes benchmarks/results/NAME.json (see benchmarks/RESULTS.md).
 bench: setup
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/loop.py
 	$(BIN)/python benchmarks/fastpath.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/sharpness.py
