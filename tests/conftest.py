@@ -63,6 +63,12 @@ def _assert_same_run(reference, other, tol=1e-10):
             assert other.final[key] is None, key
         else:
             assert other.final[key] == pytest.approx(reference.final[key], rel=tol, abs=tol), key
+    assert ("clipping" in other.final) == ("clipping" in reference.final)
+    if "clipping" in reference.final:
+        ref, got = reference.final["clipping"], other.final["clipping"]
+        assert got["clipped_steps"] == ref["clipped_steps"] and got["fraction"] == ref["fraction"]
+        for key in ("min_factor", "median_factor"):
+            assert got[key] == (None if ref[key] is None else pytest.approx(ref[key], rel=tol, abs=tol)), key
     assert [h["step"] for h in other.history] == [h["step"] for h in reference.history]
     for a, b in zip(reference.history, other.history):
         for key in ("batch_loss", "train_loss", "grad_norm", "lr", "test_loss", "test_accuracy", "epochs",

@@ -169,3 +169,16 @@ def test_a_study_tunes_with_stacked_sweeps(tmp_path, monkeypatch):
     assert len(tune) == 4
     assert {r.final["engine"]["path"] for r in tune} == {"stacked"}
     assert {r.final["engine"]["path"] for r in runs if r.phase == "final"} == {"eager"}
+
+
+def test_stacked_copies_clip_by_their_own_norm(assert_same_run):
+    """Clipping by norm on four copies of a digits MLP: each copy is clipped by its own gradient
+    norm (a copy's clip factors, first-clip event and clipping summary equal its own run): the
+    copies clip on different numbers of steps (20, 20, 11 and 4 of 20 in their own runs)."""
+    base = RunConfig.from_dict(dict(task="digits", model="mlp:64-16-10:tanh", steps=20, nonfinite_policy="stop",
+                                    dtype="float64", clip_norm=0.3, eval_every=5, log_every=1))
+    configs = sweep_configs(base, lrs=[0.01, 0.1, 1.0, 3.0])
+    stacked, sequential = both(configs)
+    clipped = [r.final["clipping"]["clipped_steps"] for r in sequential]
+    assert len(set(clipped)) > 1
+    assert_stacked_equal(assert_same_run, stacked, sequential)

@@ -44,7 +44,6 @@ def sweep_blocker(configs: Sequence[RunConfig], prepared: PreparedRun) -> str | 
         return "the runs use different data (set data_seed so that seeds vary only the model)"
     return stacked_blocker(
         optimizer=first.optimizer, policy=first.nonfinite_policy, model=prepared.model, loss=prepared.loss_name,
-        clipping=first.clip_norm is not None or first.clip_value is not None,
         per_step_work=bool(first.health_every or first.sharpness_every or first.checkpoint_every),
         time_budget=first.time_budget_s is not None, autocast=bool(first.autocast or first.accumulate),
         distributed=prepared.shard is not None,
@@ -70,7 +69,7 @@ def _measure(objective: StackedObjective, rule_name: str, configs: Sequence[RunC
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        stacked_step(objective, rule, params, state, lrs, X, y, False)
+        stacked_step(objective, rule, params, state, lrs, X, y, False, c.clip_norm, c.clip_value)
         times.append(time.perf_counter() - t0)
     model = copy.deepcopy(prepared.model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -152,9 +151,11 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
     lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
     stop = StopRules(max_steps=c0.steps, max_epochs=c0.max_epochs, loss_tol=c0.loss_tol, grad_tol=c0.grad_tol,
                      divergence_factor=c0.divergence_factor)
+    clipping = c0.clip_norm is not None or c0.clip_value is not None
     torch.manual_seed(c0.seed)
     copies = stacked_train_loop(objective, rule, params, first.data, schedules, stop, lr_table=lr_table,
-                                eval_every=first.eval_every, log_every=first.log_every)
+                                eval_every=first.eval_every, log_every=first.log_every, clip_norm=c0.clip_norm,
+                                clip_value=c0.clip_value)
     results = []
     engine = {"path": "stacked", "reason": f"{K} runs stacked into one model", "copies": K, "block": None,
               "compile_s": None, "step_s": dict(timing)}
@@ -171,7 +172,8 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
             objective, first.data, train_mode=c.layer_mode == "train", shard=None, step=record.step,
             samples=record.samples, train_time=record.train_time, status=record.status, reason=record.reason,
             rollbacks=0, final_lr=float(lr_table[min(record.step, lr_table.shape[0] - 1), k]), loss_evaluations=None,
-            clip_factors=None, history=record.history, events=record.events, diagnostics={}, callbacks=(),
+            clip_factors=record.clip_factors if clipping else None, history=record.history, events=record.events,
+            diagnostics={}, callbacks=(),
         )
         own = PreparedRun(**{**vars(source), "config": c, "model": model, "schedule": schedules[k]})
         result = make_result(c, own, outcome, dict(engine))

@@ -96,7 +96,6 @@ def stacked_blocker(
     policy: str,
     model: torch.nn.Module,
     loss: str,
-    clipping: bool = False,
     per_step_work: bool = False,
     time_budget: bool = False,
     autocast: bool = False,
@@ -109,8 +108,6 @@ def stacked_blocker(
         return f"optimizer '{optimizer}' has no functional form"
     if policy != "stop":
         return f"the stacked guard implements policy stop, not '{policy}'"
-    if clipping:
-        return "clipping is per run"
     if per_step_work:
         return "diagnostics and checkpoints need separate runs"
     if time_budget:

@@ -180,6 +180,11 @@ def history_record(step: int, epochs: float, wall_time_s: float, batch_loss: flo
             "test_loss": tests[0], "test_accuracy": tests[1]}
 
 
+def clip_event(step: int, before: float, after: float) -> dict[str, Any]:
+    """The event of a run's first clipped step (the run's ``final.clipping`` counts the rest)."""
+    return {"step": step, "kind": "clip", "detail": f"first clipped step: gradient norm {before:.4g} -> {after:.4g}"}
+
+
 def guard_problem(loss: float, gnorm: float, lr: float, first_loss: float | None,
                   divergence_factor: float) -> tuple[str, str] | None:
     """(kind, detail) when a step's loss or gradient norm trips the guard."""
@@ -335,8 +340,7 @@ def train_loop(
                 clip = clips[i]
                 if clip is not None and clip.clipped:
                     if not clip_factors:
-                        events.append({"step": s, "kind": "clip", "detail": f"first clipped step: gradient norm "
-                                                                          f"{clip.before:.4g} -> {clip.after:.4g}"})
+                        events.append(clip_event(s, clip.before, clip.after))
                     clip_factors.append(clip.factor)
                 if model_callbacks:
                     ctx = context(s, loss, gnorm, lr)

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from gdlab.engine.chunks import spans
 from gdlab.engine.regimes import SampleSchedule
-from gdlab.engine.loop import StopRules, guard_problem, history_record
+from gdlab.engine.loop import StopRules, clip_event, guard_problem, history_record
 from gdlab.models.zoo import MLP, LinearModel
-from gdlab.optim.functional import FunctionalRule
+from gdlab.optim.functional import FunctionalRule, clip_functional, global_norm
 
 STACKED_LOSSES = ("mse", "cross_entropy", "bce")
 
@@ -175,15 +175,21 @@ class StackedObjective:
 
 
 def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list[Tensor], state: dict[str, Any],
-                 lrs: Tensor, X: Tensor, y: Tensor, per_copy: bool):
-    """One update of every copy: returns (params, state, losses (K,), grad norms (K,))."""
+                 lrs: Tensor, X: Tensor, y: Tensor, per_copy: bool, clip_norm: float | None = None,
+                 clip_value: float | None = None):
+    """One update of every copy, each copy's gradient clipped by its own norm when ``clip_norm``
+    or ``clip_value`` is set: returns (params, state, losses (K,), grad norms (K,), clip factors
+    (K,) or None)."""
     leaves = [p.detach().requires_grad_(True) for p in params]
     losses = objective(leaves, X, y, per_copy)
-    grads = torch.autograd.grad(losses.sum(), leaves)
-    gnorms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1, dtype=torch.float64) for g in grads]).norm(dim=0)
+    grads = list(torch.autograd.grad(losses.sum(), leaves))
+    gnorms = global_norm(grads, copies=True)
+    factors = None
     with torch.no_grad():
-        new, state = rule.update([p.detach() for p in leaves], list(grads), state, lrs)
-    return new, state, losses.detach(), gnorms
+        if clip_norm is not None or clip_value is not None:
+            grads, factors = clip_functional(grads, clip_norm, clip_value, copies=True)
+        new, state = rule.update([p.detach() for p in leaves], grads, state, lrs)
+    return new, state, losses.detach(), gnorms, factors
 
 
 @dataclass
@@ -200,6 +206,7 @@ class CopyRecord:
     samples: int = 0
     train_time: float = 0.0
     params: list[Tensor] | None = None
+    clip_factors: list[float] = field(default_factory=list)
 
 
 def stacked_train_loop(
@@ -213,6 +220,8 @@ def stacked_train_loop(
     lr_table: Tensor,
     eval_every: int,
     log_every: int,
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> list[CopyRecord]:
     """Train the K stacked copies (``params`` with a leading K) until every copy has stopped.
@@ -281,8 +290,10 @@ def stacked_train_loop(
             stacked_idx = torch.stack(idxs).to(X.device)
             Xb, yb, per_copy = X[stacked_idx], y[stacked_idx], True
         lrs = lr_table[min(step, lr_table.shape[0] - 1)]
-        new, new_state, losses_t, gnorms_t = stacked_step(objective, rule, params, state, lrs, Xb, yb, per_copy)
+        new, new_state, losses_t, gnorms_t, factors_t = stacked_step(objective, rule, params, state, lrs, Xb, yb,
+                                                                     per_copy, clip_norm, clip_value)
         losses, gnorms = losses_t.double().tolist(), gnorms_t.tolist()
+        factors = factors_t.tolist() if factors_t is not None else None
         train_time += time.perf_counter() - t0
         used = samples + rows
         lr_values = lrs.tolist()
@@ -302,11 +313,18 @@ def stacked_train_loop(
                 c.first_loss = loss
             reached = is_full and stop.loss_tol is not None and loss <= stop.loss_tol
             flat = is_full and stop.grad_tol is not None and gnorm <= stop.grad_tol
+            clipped = factors is not None and not (reached or flat)  # a stopping step is not taken
+            if clipped and factors[k] != 1.0:
+                if not c.clip_factors:
+                    c.events.append(clip_event(step, gnorm, gnorm * factors[k]))
+                c.clip_factors.append(factors[k])
             if not (logging or reached or flat):
                 continue  # most steps: nothing to record, so no record is built
             train_loss = loss if is_full else eval_train[k] if evaluating else None
             c.history.append(history_record(step, samples / n, time_before / K, loss, train_loss, gnorm, lr,
                                             tests(k) if evaluating else (None, None)))
+            if clipped:
+                c.history[-1]["clip_factor"] = factors[k]
             if reached:
                 finish_copy(k, "target_reached", "loss_tol", step, params, used)
             elif flat:

@@ -177,22 +177,27 @@ def functional_rule(name: str, lr: float = 1.0, **hparams: Any) -> FunctionalRul
 
 
 def clip_functional(
-    grads: Params, max_norm: float | None, max_value: float | None
+    grads: Params, max_norm: float | None, max_value: float | None, copies: bool = False
 ) -> tuple[Params, Tensor]:
     """Clip like :func:`gdlab.optim.clipping.clip_gradients` (value clamp, then global-norm scaling
     only above ``max_norm``), without mutation; returns the gradients and ``norm_after /
-    norm_before`` as a tensor (1 when nothing changed)."""
-    before = global_norm(grads)
+    norm_before`` as a tensor (1 when nothing changed). With ``copies`` the gradients have a
+    leading dimension of K stacked copies, each clipped by its own norm (factors (K,))."""
+    before = global_norm(grads, copies)
     if max_value is not None:
         grads = [g.clamp(-max_value, max_value) for g in grads]
     if max_norm is not None:
-        mid = global_norm(grads)
+        mid = global_norm(grads, copies)
         scale = torch.where(mid > max_norm, max_norm / (mid + 1e-6), torch.ones_like(mid))
-        grads = [g * scale.to(g.dtype) for g in grads]
-    after = global_norm(grads)
+        grads = [g * (scale.reshape(-1, *[1] * (g.dim() - 1)) if copies else scale).to(g.dtype) for g in grads]
+    after = global_norm(grads, copies)
     return grads, torch.where(before > 0, after / before, torch.ones_like(before))
 
 
-def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """The Euclidean norm of all ``tensors`` together, in float64 (0-dim)."""
+def global_norm(tensors: Sequence[Tensor], copies: bool = False) -> Tensor:
+    """The Euclidean norm of all ``tensors`` together, in float64 (0-dim); with ``copies``, of
+    each stacked copy (the tensors' leading dimension), (K,)."""
+    if copies:
+        return torch.stack([torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64)
+                            for t in tensors]).norm(dim=0)
     return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).norm()
