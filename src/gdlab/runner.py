@@ -425,7 +425,7 @@ def plan_stepper(
     schedule = config.schedule if config.schedule not in (None, "constant") else None
     blocked = compiled_blocker(
         regime=config.regime, optimizer=config.optimizer, model=prepared.model, layer_mode=config.layer_mode,
-        schedule=schedule, policy=config.nonfinite_policy, step_budget=prepared.expected_steps is not None,
+        schedule=schedule, step_budget=prepared.expected_steps is not None,
         callbacks=callbacks, distributed=prepared.shard is not None, checkpoints=checkpoints, resume=resume,
         autocast=config.autocast or (config.accumulate if config.accumulate not in (None, config.dtype) else None),
     )

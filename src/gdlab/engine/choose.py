@@ -56,7 +56,6 @@ def compiled_blocker(
     model: torch.nn.Module,
     layer_mode: str,
     schedule: str | None,
-    policy: str,
     step_budget: bool = True,
     callbacks: Sequence[Callback] = (),
     distributed: bool = False,
@@ -83,8 +82,6 @@ def compiled_blocker(
     layers = batch_dependent_layers(model)
     if layer_mode == "train" and layers:
         return f"layer '{layers[0]}' (BatchNorm/Dropout) changes with the batch in layer mode train"
-    if schedule and policy == "rollback":
-        return "a learning-rate schedule with the rollback guard needs the eager loop"
     if schedule and not step_budget:
         return "a learning-rate schedule without a step budget needs the eager loop"
     return None

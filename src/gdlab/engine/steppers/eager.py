@@ -93,7 +93,9 @@ class EagerStepper(Stepper):
         return self.snapshot.step
 
     def scale_lr(self, factor: float) -> None:
-        """Multiply the learning rate by ``factor`` now and for the rest of the schedule."""
+        """Multiply the learning rate by ``factor`` now and for the rest of the schedule: every
+        later rate is ``factor`` times what it would have been (each torch scheduler gdlab builds
+        is homogeneous in its rates: base_lrs, the current lr and cosine's floor scale together)."""
         optimizer, scheduler = self.optimizer, self.scheduler
         for group in optimizer.param_groups:
             group["lr"] *= factor
@@ -104,6 +106,8 @@ class EagerStepper(Stepper):
             sched = pending.pop()
             if hasattr(sched, "base_lrs"):
                 sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+            if isinstance(getattr(sched, "eta_min", None), float):  # cosine's floor: the whole schedule scales
+                sched.eta_min *= factor
             if hasattr(sched, "_last_lr"):
                 sched._last_lr = [g["lr"] for g in optimizer.param_groups]
             pending.extend(getattr(sched, "_schedulers", []))
