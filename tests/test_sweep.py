@@ -182,3 +182,16 @@ def test_stacked_copies_clip_by_their_own_norm(assert_same_run):
     clipped = [r.final["clipping"]["clipped_steps"] for r in sequential]
     assert len(set(clipped)) > 1
     assert_stacked_equal(assert_same_run, stacked, sequential)
+
+
+def test_a_time_budget_holds_for_each_stacked_copys_share():
+    """A stacked copy's training time is its share (stacked time / K), and a time budget stops
+    every copy once that share reaches it: the same rule a separate run follows for its own time."""
+    base = RunConfig.from_dict(dict(task="linreg", time_budget_s=0.2, nonfinite_policy="stop", dtype="float64"))
+    results = run_sweep(sweep_configs(base, lrs=[0.01, 0.05, 0.1]), stacked="on")
+    assert {r.final["engine"]["path"] for r in results} == {"stacked"}
+    assert {(r.final["status"], r.final["stop_reason"]) for r in results} == {("time_budget", "time_budget")}
+    assert len({r.final["step"] for r in results}) == 1 and results[0].final["step"] > 0
+    for r in results:
+        assert r.final["wall_time_s"] >= 0.2
+        assert r.history[-1]["step"] == r.final["step"]

@@ -45,7 +45,7 @@ def sweep_blocker(configs: Sequence[RunConfig], prepared: PreparedRun) -> str | 
     return stacked_blocker(
         optimizer=first.optimizer, policy=first.nonfinite_policy, model=prepared.model, loss=prepared.loss_name,
         per_step_work=bool(first.health_every or first.sharpness_every or first.checkpoint_every),
-        time_budget=first.time_budget_s is not None, autocast=bool(first.autocast or first.accumulate),
+        autocast=bool(first.autocast or first.accumulate),
         distributed=prepared.shard is not None,
     )
 
@@ -150,7 +150,7 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
         columns.append(seq if seq is not None else [c.lr] * ((steps or 0) + 1))
     lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
     stop = StopRules(max_steps=c0.steps, max_epochs=c0.max_epochs, loss_tol=c0.loss_tol, grad_tol=c0.grad_tol,
-                     divergence_factor=c0.divergence_factor)
+                     time_budget_s=c0.time_budget_s, divergence_factor=c0.divergence_factor)
     clipping = c0.clip_norm is not None or c0.clip_value is not None
     torch.manual_seed(c0.seed)
     copies = stacked_train_loop(objective, rule, params, first.data, schedules, stop, lr_table=lr_table,

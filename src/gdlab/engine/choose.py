@@ -94,7 +94,6 @@ def stacked_blocker(
     model: torch.nn.Module,
     loss: str,
     per_step_work: bool = False,
-    time_budget: bool = False,
     autocast: bool = False,
     distributed: bool = False,
 ) -> str | None:
@@ -107,8 +106,6 @@ def stacked_blocker(
         return f"the stacked guard implements policy stop, not '{policy}'"
     if per_step_work:
         return "diagnostics and checkpoints need separate runs"
-    if time_budget:
-        return "a time budget is per run"
     if autocast:
         return "autocast and accumulation options need separate runs"
     if distributed:

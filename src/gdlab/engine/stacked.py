@@ -10,7 +10,7 @@ update rules with a functional form; schedules; stopping rules; the guard with p
 history, events and final record are built as :func:`gdlab.engine.loop.train_loop` builds them,
 and equal them to float rounding (tests). A copy that diverges or reaches its target stops there
 (its parameters at that point are kept) while the others go on. Training time is the stacked
-time divided by K (each copy's share).
+time divided by K (each copy's share), and a time budget holds for that share.
 
 Stackable models: the zoo's linear/logistic models and MLPs without BatchNorm or Dropout
 (:func:`stackable`); their stacked forward pass is one GEMM for a single-layer model whose input
@@ -255,6 +255,10 @@ def stacked_train_loop(
         if reason is not None:
             for k in alive():
                 finish_copy(k, "completed", reason, step, params, samples)
+            break
+        if stop.time_budget_s is not None and train_time / K >= stop.time_budget_s:  # each copy's share
+            for k in alive():
+                finish_copy(k, "time_budget", "time_budget", step, params, samples)
             break
         evaluating = step % eval_every == 0
         if evaluating:
