@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python benchmarks/loop.py
 	$(BIN)/python benchmarks/fastpath.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/vmap_stacking.py
 	$(BIN)/python benchmarks/sharpness.py
 	$(BIN)/python benchmarks/distributed.py
 
