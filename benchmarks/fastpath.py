@@ -13,7 +13,7 @@ round (every round runs each contender once, so load changes hit them alike):
 * numpy (linreg only): the GD loop in NumPy float64, gradient written by hand;
 * autograd loop: ``opt.zero_grad(); loss = mse(model(X), y); loss.backward(); opt.step();
   loss.item()`` with ``torch.optim.SGD`` - the same steps gdlab takes, no bookkeeping;
-* gdlab eager: ``gdlab.runner.run`` with ``compile: off`` (the torch.optim loop with history,
+* gdlab eager: ``gdlab.run.run`` with ``compile: off`` (the torch.optim loop with history,
   guard and stopping rules), its training time (``final.wall_time_s``, evaluations excluded);
 * gdlab compiled: the same with ``compile: on``; its training time. The one-off compile time
   (``final.engine.compile_s``) is reported separately and is not part of the ratios.
@@ -33,7 +33,7 @@ from common import Row, base_parser, median_rounds, report, timed
 
 from gdlab.config import RunConfig
 from gdlab.optim.losses import get_loss
-from gdlab.runner import prepare, run
+from gdlab.run import prepare, run
 
 
 def numpy_loop(X: np.ndarray, y: np.ndarray, lr: float, steps: int) -> Callable[[], float]:

@@ -19,7 +19,7 @@ round (every round runs each contender once, in a shuffled order, so load change
   with ``torch.optim.SGD`` on a freshly built model, ``Xb`` all rows (full) or the row slice
   ``X[i:i+1]`` for each ``i`` of the same seeded permutations the run's sample schedule draws
   (stochastic): the same steps gdlab takes, with no history, guard or stopping rules;
-* gdlab eager: ``gdlab.runner.run`` with ``compile: off``, its training time
+* gdlab eager: ``gdlab.run.run`` with ``compile: off``, its training time
   (``final.wall_time_s``: gradients, guard, clipping and updates; evaluations excluded).
 
 The stochastic target (<= 1.3) allows the work a hand loop leaves out and a step of one row cannot
@@ -39,7 +39,7 @@ from common import Row, base_parser, median_rounds, report
 
 from gdlab.config import RunConfig
 from gdlab.optim.losses import get_loss
-from gdlab.runner import prepare, run
+from gdlab.run import prepare, run
 
 
 def hand_loop(config: RunConfig, steps: int) -> Callable[[], float]:

@@ -8,7 +8,7 @@ Cases: a 32-point log grid of learning rates (``--quick``: 8) over
   run is already compute-bound on CPU.
 
 Contenders (end-to-end wall time of the Python call, medians over ``--repeats`` rounds after a
-warm-up round): one run (``gdlab.runner.run`` at the grid's middle rate), the sequential sweep
+warm-up round): one run (``gdlab.run.run`` at the grid's middle rate), the sequential sweep
 (``run_sweep(stacked="off")``), the stacked sweep (``stacked="on"``), and the automatic choice
 (``stacked="auto"``, what studies use; it measures a few steps of each and picks).
 
@@ -23,7 +23,7 @@ import torch
 from common import Row, base_parser, median_rounds, report, timed
 
 from gdlab.config import RunConfig
-from gdlab.runner import run
+from gdlab.run import run
 from gdlab.sweep import run_sweep, sweep_configs
 
 

@@ -26,7 +26,7 @@ from common import Row, base_parser, median_rounds, report, timed
 from gdlab.config import RunConfig
 from gdlab.engine.stacked import StackedForward, StackedObjective, stacked_step
 from gdlab.optim.functional import functional_rule, global_norm
-from gdlab.runner import prepare
+from gdlab.run import prepare
 
 
 def contenders(task: str, model: str, K: int, rows: int | None) -> dict:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
 from gdlab.diagnostics import sharpness
-from gdlab.runner import RunResult, prepare, run
+from gdlab.run import RunResult, prepare, run
 
 N_SAMPLES = 100
 BELOW, ABOVE = 0.95, 1.05  # multiples of the threshold 2 / lambda_max

@@ -28,7 +28,7 @@ from sklearn.neural_network import MLPClassifier
 
 from gdlab.config import RunConfig
 from gdlab.diagnostics import sharpness
-from gdlab.runner import prepare, run
+from gdlab.run import prepare, run
 from gdlab.tune import SearchResult, learning_rate_grid, search_learning_rate
 
 DIGITS_MODEL = "mlp:64-128-10:relu"

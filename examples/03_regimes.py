@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from gdlab.config import RunConfig
-from gdlab.runner import RunResult, prepare, run
+from gdlab.run import RunResult, prepare, run
 from gdlab.study.metrics import Target, time_to_target
 from gdlab.tune import search_learning_rate
 

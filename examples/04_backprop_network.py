@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
 from gdlab.engine import full_batch_loss_and_grad
-from gdlab.runner import RunResult, prepare, run
+from gdlab.run import RunResult, prepare, run
 
 N_TRAIN, N_TEST = 200, 100
 DEPTHS = (2, 4, 8)

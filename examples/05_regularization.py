@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from sklearn.linear_model import Lasso, Ridge
 
 from gdlab.config import RunConfig
-from gdlab.runner import RunResult, prepare, run
+from gdlab.run import RunResult, prepare, run
 
 N_TRAIN, N_VALID, N_HELD_OUT, N_FEATURES = 30, 30, 1000, 40
 W_TRUE = np.zeros(N_FEATURES)

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
 from gdlab.engine import full_batch_loss_and_grad
-from gdlab.runner import RunResult, prepare, run
+from gdlab.run import RunResult, prepare, run
 from gdlab.tune import search_learning_rate
 
 MODEL = "lstm:32x1"

@@ -32,7 +32,7 @@ from torch import nn
 
 from gdlab.config import RunConfig
 from gdlab.diagnostics import sharpness
-from gdlab.runner import RunResult, prepare, run
+from gdlab.run import RunResult, prepare, run
 
 LR_FACTORS = (0.5, 0.9, 0.99, 1.0, 1.01, 1.1, 1.5)  # multiples of 2 / lambda_max
 QUADRATIC_EIGENVALUES = (10.0, 4.0, 1.0, 0.25)  # of X^T X / N; the intercept adds one more 1.0

@@ -32,10 +32,10 @@ from _shared import Checks, parse_args, positive_int, print_table, save_figure
 from matplotlib.figure import Figure
 
 from gdlab.data import load_task
-from gdlab.runner import RunResult, run
+from gdlab.run import RunResult, run
 from gdlab.store import RunStore, StoredRun
 from gdlab.study.metrics import Target
-from gdlab.study.runner import run_study
+from gdlab.study.execute import run_study
 from gdlab.study.spec import StudySpec, check_study_runs, parse_study
 from gdlab.study.summary import summarize_study
 

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from gdlab.config import RunConfig
 from gdlab.engine import full_batch_loss_and_grad
-from gdlab.runner import prepare, run
+from gdlab.run import prepare, run
 
 TASK, MODEL, LR = "spirals", "mlp:2-64-64-2:tanh", 0.1
 

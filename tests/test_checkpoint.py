@@ -14,7 +14,7 @@ from gdlab.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from gdlab.config import RunConfig
 from gdlab.engine.loop import Callback
 from gdlab.errors import GdlabError
-from gdlab.runner import run
+from gdlab.run import run
 
 
 class Crash(Callback):
@@ -139,7 +139,7 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path)
 
 def test_disk_full_while_saving_a_run_is_a_clear_error(tmp_path, monkeypatch):
     """--out on a full disk: GdlabError naming the directory, and no half-written run directory."""
-    from gdlab.runner import save_run
+    from gdlab.run import save_run
 
     result = run(RunConfig.from_dict(dict(task="iris", steps=2)))
 

@@ -11,7 +11,7 @@ from gdlab.engine.stacked import StackedForward, per_copy_loss
 from gdlab.models.zoo import MLP
 from gdlab.optim.losses import get_loss
 from gdlab.store import RunStore
-from gdlab.study.runner import run_study
+from gdlab.study.execute import run_study
 from gdlab.study.spec import parse_study
 from gdlab.sweep import run_sweep, sweep_configs
 from gdlab.tune import search_learning_rate

@@ -29,7 +29,7 @@ _EXPORTS = {
     "StudyOutcome": "gdlab.api",
     "RunConfig": "gdlab.config",
     "Dataset": "gdlab.data.dataset",
-    "RunResult": "gdlab.runner",
+    "RunResult": "gdlab.run",
     "GdlabError": "gdlab.errors",
 }
 

@@ -35,7 +35,7 @@ from gdlab.engine.gradient import full_batch_loss_and_grad
 from gdlab.engine.loop import Callback
 from gdlab.errors import GdlabError
 from gdlab.optim import get_loss
-from gdlab.runner import RunResult, check_output_dir, run, save_run
+from gdlab.run import RunResult, check_output_dir, run, save_run
 
 LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str
 DEFAULT_LOADER_BATCH = 1024
@@ -238,7 +238,7 @@ def compare(
     is not run again. With ``out`` (default ``report/``, None for none) the report is written
     there. ``on_progress(stored, total)`` is called as runs finish."""
     from gdlab.store import DEFAULT_STORE_PATH
-    from gdlab.study.runner import run_study
+    from gdlab.study.execute import run_study
     from gdlab.study.spec import check_study_runs, load_study, parse_study
 
     spec = parse_study(study, source="study") if isinstance(study, dict) else load_study(study)

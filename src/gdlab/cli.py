@@ -181,7 +181,7 @@ def _join_process_group(args: argparse.Namespace, config: RunConfig) -> None:
 def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = False,
            resume: dict[str, Any] | None = None) -> Any:
     """Prepare (all validation first), train with a progress bar, save; returns the result."""
-    from gdlab.runner import check_output_dir, prepare, restore, run, save_run
+    from gdlab.run import check_output_dir, prepare, restore, run, save_run
 
     _join_process_group(args, config)
     err = _console(stderr=True)
@@ -306,7 +306,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 def cmd_sharpness(args: argparse.Namespace) -> int:
     from gdlab.diagnostics.hessian import HessianOperator, hutchinson_trace, lanczos
     from gdlab.diagnostics.summary import stability_side
-    from gdlab.runner import load_run
+    from gdlab.run import load_run
 
     if args.k < 1 or args.iters < max(2, args.k):
         raise GdlabError(f"--k must be >= 1 and --iters >= max(2, k); got k={args.k}, iters={args.iters}")
@@ -413,7 +413,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from gdlab.store import DEFAULT_STORE_PATH
 
     _single_process("compare")
-    from gdlab.study.runner import expected_runs, run_study
+    from gdlab.study.execute import expected_runs, run_study
     from gdlab.study.spec import check_study_runs, load_study
 
     spec = load_study(args.study)
@@ -474,7 +474,7 @@ def _make_study_progress(console: Console, quiet: bool) -> Progress:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gdlab.runner import check_output_dir, save_run
+    from gdlab.run import check_output_dir, save_run
     from gdlab.study.demo import plan_demo, run_demo
 
     _single_process("demo")

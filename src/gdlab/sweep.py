@@ -1,7 +1,7 @@
 """Sweeps: many runs of one task that differ only in learning rate and seed, stacked when it pays.
 
 :func:`run_sweep` takes K run configs and returns K run results, each equal (to float rounding)
-to :func:`gdlab.runner.run` on its config. When the runs can be stacked
+to :func:`gdlab.run.run` on its config. When the runs can be stacked
 (:func:`sweep_blocker`) and a short measurement says K stacked copies step faster than K
 separate runs, they train as one stacked model (:mod:`gdlab.engine.stacked`); otherwise they run
 one after another. ``final.engine`` of every result says which and why.
@@ -10,6 +10,7 @@ one after another. ``final.engine`` of every result says which and why.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,14 +18,16 @@ from typing import Any
 import torch
 
 from gdlab.config import RunConfig
+from gdlab.engine.choose import stacked_blocker
 from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
 from gdlab.engine.loop import StopRules, finish
 from gdlab.engine.regimes import make_schedule
-from gdlab.engine.choose import stacked_blocker
 from gdlab.engine.stacked import StackedForward, StackedObjective, stacked_step, stacked_train_loop
 from gdlab.optim import build_optimizer
-from gdlab.optim.functional import FUNCTIONAL_RULES, functional_rule
-from gdlab.runner import PreparedRun, RunResult, _lr_sequence, make_regularizer, make_result, prepare, run
+from gdlab.optim.functional import functional_rule
+from gdlab.run import PreparedRun, RunResult, make_result, prepare, run
+from gdlab.run.build import make_regularizer
+from gdlab.run.execute import lr_sequence
 
 VARYING = ("lr", "seed")
 
@@ -146,7 +149,7 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
     steps = first.expected_steps
     columns = []
     for c in configs:
-        seq = _lr_sequence(c, steps)
+        seq = lr_sequence(c, steps)
         columns.append(seq if seq is not None else [c.lr] * ((steps or 0) + 1))
     lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
     stop = StopRules(max_steps=c0.steps, max_epochs=c0.max_epochs, loss_tol=c0.loss_tol, grad_tol=c0.grad_tol,
@@ -175,7 +178,7 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
             clip_factors=record.clip_factors if clipping else None, history=record.history, events=record.events,
             diagnostics={}, callbacks=(),
         )
-        own = PreparedRun(**{**vars(source), "config": c, "model": model, "schedule": schedules[k]})
+        own = dataclasses.replace(source, config=c, model=model, schedule=schedules[k])
         result = make_result(c, own, outcome, dict(engine))
         results.append(result)
         if on_result is not None:

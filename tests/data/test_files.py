@@ -223,7 +223,7 @@ def test_float64_runs_read_npz_and_csv_without_a_float32_detour(tmp_path):
     """0.1 is not a float32 number: a float64 run must see the file's 0.1 exactly (the reader
     converts from float64 to the run's dtype once), a float32 run float32(0.1)."""
     from gdlab.config import RunConfig
-    from gdlab.runner import prepare
+    from gdlab.run import prepare
 
     npz = tmp_path / "a.npz"
     np.savez(npz, X=np.full((4, 1), 0.1), y=np.full((4, 1), 0.1))

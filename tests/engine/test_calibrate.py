@@ -26,7 +26,8 @@ from gdlab.engine.calibrate import (
     time_candidates,
 )
 from gdlab.engine.gradient import auto_chunk_size, chunk_choice, full_batch_loss_and_grad
-from gdlab.runner import RunConfig, prepare, restore, run
+from gdlab.config import RunConfig
+from gdlab.run import prepare, restore, run
 
 
 def ce(out, y):

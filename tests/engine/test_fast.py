@@ -14,7 +14,7 @@ from gdlab.errors import GdlabError
 from gdlab.optim import build_optimizer
 from gdlab.optim.functional import FUNCTIONAL_RULES, clip_functional, functional_rule
 from gdlab.optim.clipping import clip_gradients
-from gdlab.runner import run
+from gdlab.run import run
 
 RULE_CASES = [
     ("gd", {}),
@@ -188,7 +188,7 @@ def test_a_compiled_step_no_faster_than_an_eager_one_is_dropped(uncompiled_block
     """try_compile's rule: with an eager step of 1 ns given, no measured compiled step can beat
     it, so the choice is eager and says why; with 1000 s given, the compiled block is kept."""
     from gdlab.engine.functional import FunctionalObjective
-    from gdlab.runner import prepare
+    from gdlab.run import prepare
 
     prepared = prepare(RunConfig.from_dict(dict(task="linreg", dtype="float64")))
     objective = FunctionalObjective(prepared.model, prepared.loss_fn, prepared.chunk_size, 0.0, 0.0)

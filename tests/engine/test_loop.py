@@ -11,7 +11,7 @@ from gdlab.data import load_task
 from gdlab.diagnostics.summary import sharpness_rows
 from gdlab.engine.loop import NonFiniteError
 from gdlab.optim.schedules import schedule_lrs
-from gdlab.runner import run
+from gdlab.run import run
 
 
 def cfg(**kw):
@@ -172,7 +172,7 @@ def test_health_and_sharpness_tracking_work_for_cnn_and_lstm(task, model):
     Lanczos run with more iterations at the initial parameters (same full-batch objective)."""
     from gdlab.diagnostics.hessian import sharpness
     from gdlab.optim import get_loss
-    from gdlab.runner import prepare
+    from gdlab.run import prepare
 
     config = cfg(task=task, model=model, n_samples=120, steps=2, lr=0.01, health_every=1,
                  sharpness_every=5, sharpness_iters=20, dtype="float64")

@@ -9,7 +9,7 @@ import torch
 from gdlab.config import RunConfig
 from gdlab.engine.steppers.eager import _copy_state
 from gdlab.engine.regimes import make_schedule
-from gdlab.runner import run
+from gdlab.run import run
 
 
 def cfg(**kw):

@@ -12,7 +12,7 @@ import pytest
 from gdlab.config import RunConfig
 from gdlab.engine.loop import NonFiniteError
 from gdlab.errors import GdlabError
-from gdlab.runner import prepare, run
+from gdlab.run import prepare, run
 from gdlab.sweep import run_sweep, sweep_blocker
 
 TOL = 1e-9

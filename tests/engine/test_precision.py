@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from gdlab import runner
+import gdlab.run as runner
 from gdlab.cli import main
 from gdlab.config import RunConfig
 from gdlab.engine.gradient import evaluate, full_batch_loss, full_batch_loss_and_grad

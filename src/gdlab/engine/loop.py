@@ -289,7 +289,7 @@ def train_loop(
                 status, reason = "time_budget", "time_budget"
                 break
 
-            start, samples_before, time_before = step, samples, train_time
+            start, time_before = step, train_time
             evaluating = step % eval_every == 0
             tests: tuple[float | None, float | None] = (None, None)
             eval_train = None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from gdlab.config import RunConfig
 from gdlab.engine.loop import Callback
-from gdlab.runner import PreparedRun, RunResult, prepare, run
+from gdlab.run import PreparedRun, RunResult, prepare, run
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ def check_study_runs(spec: StudySpec) -> None:
     hyper-parameters and regime are checked against every task's size. Errors name the pair."""
     from gdlab.engine.regimes import make_schedule
     from gdlab.optim import validate_hyperparameters
-    from gdlab.runner import prepare
+    from gdlab.run import prepare
 
     for task in spec.tasks:
         first = spec.optimizers[0]

@@ -56,7 +56,7 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
     runs already stored). Runs in a worker process or in the caller's."""
     import torch
 
-    from gdlab.runner import run
+    from gdlab.run import run
     from gdlab.sweep import run_sweep
 
     if threads:

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from gdlab.config import RunConfig
 from gdlab.data import load_task
-from gdlab.runner import RunResult, prepare, run, save_run
+from gdlab.run import RunResult, prepare, run, save_run
 from gdlab.errors import GdlabError
 from gdlab.optim import get_loss
 

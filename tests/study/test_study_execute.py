@@ -12,7 +12,7 @@ import yaml
 
 from gdlab.errors import GdlabError
 from gdlab.store import RunStore
-from gdlab.study.runner import expected_runs, run_study
+from gdlab.study.execute import expected_runs, run_study
 from gdlab.study.spec import check_study_runs, load_study, parse_study
 
 TINY = {
