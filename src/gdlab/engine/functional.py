@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from gdlab.engine.chunks import spans
 from gdlab.engine.gradient import LossFn
+from gdlab.optim.regularization import penalty
 
 
 def batch_dependent_layers(model: nn.Module) -> list[str]:
@@ -54,13 +55,7 @@ class FunctionalObjective:
 
     def regularizer(self, params: Sequence[Tensor]) -> Tensor | float:
         """R(theta) for ``params`` (0 when l1 = l2 = 0)."""
-        total: Tensor | float = 0.0
-        for p, penalised in zip(params, self.penalised):
-            if penalised and self.l1:
-                total = total + self.l1 * p.abs().sum()
-            if penalised and self.l2:
-                total = total + (0.5 * self.l2) * p.square().sum()
-        return total
+        return penalty([p for p, penalised in zip(params, self.penalised) if penalised], self.l1, self.l2)
 
     def data_loss(self, params: Sequence[Tensor], X: Tensor, y: Tensor) -> Tensor:
         """(1/N) sum_i l_i over all N rows of X, chunk by chunk."""

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdlab.engine.chunks import spans
-from gdlab.engine.regimes import SampleSchedule
 from gdlab.engine.loop import StopRules, clip_event, guard_problem, history_record
+from gdlab.engine.regimes import SampleSchedule
 from gdlab.models.zoo import MLP, LinearModel
 from gdlab.optim.functional import FunctionalRule, clip_functional, global_norm
+from gdlab.optim.regularization import penalty
 
 STACKED_LOSSES = ("mse", "cross_entropy", "bce")
 
@@ -136,13 +137,7 @@ class StackedObjective:
     chunk_size: int | None = None
 
     def regularizer(self, params: Sequence[Tensor]) -> Tensor | float:
-        total: Tensor | float = 0.0
-        for p, pen in zip(params, self.penalised):
-            if pen and self.l1:
-                total = total + self.l1 * p.abs().flatten(1).sum(dim=1)
-            if pen and self.l2:
-                total = total + (0.5 * self.l2) * p.square().flatten(1).sum(dim=1)
-        return total
+        return penalty([p for p, pen in zip(params, self.penalised) if pen], self.l1, self.l2, copies=True)
 
     def data_loss(self, params: Sequence[Tensor], X: Tensor, y: Tensor, per_copy: bool) -> Tensor:
         n = int(X.shape[1] if per_copy else X.shape[0])

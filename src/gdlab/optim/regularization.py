@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
 
 import torch
@@ -46,10 +47,21 @@ def regularization_term(model: nn.Module, l1: float = 0.0, l2: float = 0.0) -> t
     total = torch.zeros((), dtype=dtype, device=device)
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return total
+    return total + penalty([w.to(dtype) for w in weights], l1, l2)
+
+
+def penalty(weights: Sequence[torch.Tensor], l1: float, l2: float, copies: bool = False) -> torch.Tensor | float:
+    """``l1 * sum|w| + (l2 / 2) * sum w^2`` over ``weights`` (0.0 when nothing is penalised): the
+    one definition of R(theta) that the module form (:func:`regularization_term`), the
+    functional objective and the stacked objective share. With ``copies`` each tensor has a
+    leading dimension of K stacked copies and the result is each copy's penalty, (K,)."""
+    def total_of(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(1).sum(dim=1) if copies else t.sum()
+
+    total: torch.Tensor | float = 0.0
     for w in weights:
-        w = w.to(dtype)
         if l1:
-            total = total + l1 * w.abs().sum()
+            total = total + l1 * total_of(w.abs())
         if l2:
-            total = total + (0.5 * l2) * w.square().sum()
+            total = total + (0.5 * l2) * total_of(w.square())
     return total
