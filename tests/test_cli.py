@@ -169,6 +169,11 @@ def test_sharpness_of_a_saved_run_matches_the_closed_form(tmp_path, cli):
     eig = np.linalg.eigvalsh(A.T @ A / data.n_train)
     assert result["top_eigenvalues"] == pytest.approx(sorted(eig, reverse=True), rel=1e-4)
     assert result["side"] == ("stable" if 0.1 * eig.max() < 2 else "unstable")
+    # the CLI prints what the Python API returns
+    import gdlab
+
+    python = gdlab.run_sharpness(out, k=2, iters=10)
+    assert {k: v for k, v in python.items() if k in result} == result
 
 
 def test_sharpness_bad_run_directories_exit_2(tmp_path, cli):

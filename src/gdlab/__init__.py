@@ -5,7 +5,7 @@ modules can import it for ``__version__``):
 
 * :func:`train` a model on tensors, a Dataset, a torch Dataset or DataLoader, a task or a file;
 * :func:`full_batch_grad` and :func:`sharpness`: the exact full-batch gradient and the top
-  Hessian eigenvalues, also streamed from a DataLoader;
+  Hessian eigenvalues, also streamed from a DataLoader; :func:`run_sharpness` of a saved run;
 * :func:`compare` a study (tasks x optimizers x learning rates x seeds) into a store and a
   report, :func:`report` from a store;
 * :class:`RunConfig` (every run option), :class:`Dataset`, :class:`RunResult` (a finished run),
@@ -23,6 +23,7 @@ _EXPORTS = {
     "train": "gdlab.api",
     "full_batch_grad": "gdlab.api",
     "sharpness": "gdlab.api",
+    "run_sharpness": "gdlab.api",
     "compare": "gdlab.api",
     "report": "gdlab.api",
     "Sharpness": "gdlab.api",

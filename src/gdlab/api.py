@@ -193,6 +193,34 @@ def sharpness(
     return Sharpness(value=values[0], values=values, hvps=result.hvps, converged=bool(result.converged))
 
 
+def run_sharpness(run_dir: str | Path, *, k: int = 3, iters: int = 50, trace: bool = False) -> dict[str, Any]:
+    """The sharpness of a saved run (``gdlab train --out DIR``) at its trained parameters, beside
+    its stability threshold: top ``k`` Hessian eigenvalues (Lanczos, ``iters`` products), 2/lr,
+    2/sharpness, which side of the threshold GD at the run's lr is on, and with ``trace`` a
+    Hutchinson estimate of the Hessian trace. What ``gdlab sharpness DIR --json`` prints."""
+    from gdlab.diagnostics.hessian import HessianOperator, hutchinson_trace, lanczos
+    from gdlab.diagnostics.summary import stability_side
+    from gdlab.run import load_run
+
+    if k < 1 or iters < max(2, k):
+        raise GdlabError(f"--k must be >= 1 and --iters >= max(2, k); got k={k}, iters={iters}")
+    prepared = load_run(run_dir)
+    model, data, config = prepared.model, prepared.data, prepared.config
+    model.train(False)
+    op = HessianOperator(model, prepared.loss_fn, data.X_train, data.y_train, chunk_size=prepared.chunk_size,
+                         regularizer=prepared.regularizer)
+    eig = lanczos(op, k=k, iters=iters, seed=config.seed)
+    estimate = hutchinson_trace(op, samples=50, seed=config.seed) if trace else None
+    top = eig.values[0]
+    return {
+        "run": str(run_dir), "model": config.model, "data": config.data or config.task, "parameters": op.dim,
+        "lr": config.lr, "two_over_lr": 2.0 / config.lr, "top_eigenvalues": eig.values, "sharpness": top,
+        "two_over_sharpness": (2.0 / top) if top > 0 else None, "side": stability_side(top, config.lr),
+        "hvps": eig.hvps,
+        "trace": None if estimate is None else {"estimate": estimate.estimate, "stderr": estimate.stderr},
+    }
+
+
 @dataclass
 class StudyOutcome:
     """A finished study: its name, the store holding every run, the report's files (None when no
@@ -204,9 +232,12 @@ class StudyOutcome:
     summary: dict[str, Any] | None
 
 
-def report(store: str | Path, study: str, out: str | Path) -> tuple[dict[str, str], dict[str, Any]]:
+def report(store: str | Path, study: str, out: str | Path, *, tensorboard: str | Path | None = None
+           ) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the report of ``study`` in ``store`` to ``out`` (report.html, summary.md, figures/);
-    returns the paths written and the summary (per task: ranking, time-to-target, profiles)."""
+    returns the paths written and the summary (per task: ranking, time-to-target, profiles).
+    With ``tensorboard`` every run's history is also written there as TensorBoard event files
+    (the paths then include ``tensorboard`` and ``tensorboard_runs``)."""
     from gdlab.report import build_report
     from gdlab.store import RunStore
     from gdlab.study.metrics import Target
@@ -222,7 +253,12 @@ def report(store: str | Path, study: str, out: str | Path) -> tuple[dict[str, st
         raise GdlabError(f"study '{study}' has no finished runs in '{store}'; run gdlab compare first")
     targets = {t["name"]: Target(t["target_metric"], t["target_value"]) for t in spec["tasks"]}
     summary = summarize_study(runs, targets)
-    return build_report(runs, summary, str(out)), summary
+    paths = build_report(runs, summary, str(out))
+    if tensorboard is not None:
+        from gdlab.report.tensorboard import write_tensorboard
+
+        paths.update(tensorboard=str(tensorboard), tensorboard_runs=str(write_tensorboard(runs, str(tensorboard))))
+    return paths, summary
 
 
 def compare(

@@ -304,45 +304,27 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
 
 def cmd_sharpness(args: argparse.Namespace) -> int:
-    from gdlab.diagnostics.hessian import HessianOperator, hutchinson_trace, lanczos
-    from gdlab.diagnostics.summary import stability_side
-    from gdlab.run import load_run
+    from gdlab.api import run_sharpness
 
-    if args.k < 1 or args.iters < max(2, args.k):
-        raise GdlabError(f"--k must be >= 1 and --iters >= max(2, k); got k={args.k}, iters={args.iters}")
-    prepared = load_run(args.run)
-    obj = prepared.data
-    model = prepared.model
-    model.train(False)
-    op = HessianOperator(model, prepared.loss_fn, obj.X_train, obj.y_train,
-                         chunk_size=prepared.chunk_size, regularizer=prepared.regularizer)
-    eig = lanczos(op, k=args.k, iters=args.iters, seed=prepared.config.seed)
-    trace = hutchinson_trace(op, samples=50, seed=prepared.config.seed) if args.trace else None
-    lr = prepared.config.lr
-    top = eig.values[0]
-    result = {
-        "run": str(args.run), "lr": lr, "two_over_lr": 2.0 / lr, "top_eigenvalues": eig.values,
-        "sharpness": top, "two_over_sharpness": (2.0 / top) if top > 0 else None,
-        "side": stability_side(top, lr), "hvps": eig.hvps,
-        "trace": None if trace is None else {"estimate": trace.estimate, "stderr": trace.stderr},
-    }
+    result = run_sharpness(args.run, k=args.k, iters=args.iters, trace=args.trace)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("model", "data", "parameters")}))
         return 0
     con = _console()
-    con.print(f"gdlab sharpness: {args.run} ({prepared.config.model} on {prepared.config.data or prepared.config.task}, "
-              f"{op.dim} parameters, {eig.hvps} Hessian-vector products)")
+    con.print(f"gdlab sharpness: {args.run} ({result['model']} on {result['data']}, "
+              f"{result['parameters']} parameters, {result['hvps']} Hessian-vector products)")
     t = Table(box=box.SIMPLE_HEAD)
     t.add_column("")
     t.add_column("value", justify="right")
-    t.add_row("top eigenvalues", ", ".join(f"{v:.6g}" for v in eig.values))
+    lr, top, side, trace = result["lr"], result["sharpness"], result["side"], result["trace"]
+    t.add_row("top eigenvalues", ", ".join(f"{v:.6g}" for v in result["top_eigenvalues"]))
     t.add_row("sharpness (lambda_max)", f"{top:.6g}")
     t.add_row("2 / lambda_max (largest stable lr)", _fmt(result["two_over_sharpness"], ".4g"))
     t.add_row("lr of the run", f"{lr:g}")
     t.add_row("2 / lr", f"{2.0 / lr:.4g}")
     if trace is not None:
-        t.add_row("trace (Hutchinson)", f"{trace.estimate:.4g} +- {trace.stderr:.2g}")
-    t.add_row("GD at the run's lr", result["side"] + (" (sharpness < 2/lr)" if result["side"] == "stable" else " (sharpness >= 2/lr)"))
+        t.add_row("trace (Hutchinson)", f"{trace['estimate']:.4g} +- {trace['stderr']:.2g}")
+    t.add_row("GD at the run's lr", side + (" (sharpness < 2/lr)" if side == "stable" else " (sharpness >= 2/lr)"))
     con.print(t)
     return 0
 
@@ -386,14 +368,10 @@ def _write_report(store_path: str, study: str, out_dir: str, console: Console,
                   tensorboard: str | None = None) -> dict[str, Any]:
     from gdlab.api import report
 
-    paths, summary = report(store_path, study, out_dir)
+    paths, summary = report(store_path, study, out_dir, tensorboard=tensorboard)
     if tensorboard:
-        from gdlab.report.tensorboard import write_tensorboard
-        from gdlab.store import RunStore
-
-        with RunStore(store_path, create=False) as store:
-            count = write_tensorboard(store.runs(study=study), tensorboard)
-        console.print(f"TensorBoard: {count} runs under {tensorboard} (tensorboard --logdir {tensorboard})")
+        console.print(f"TensorBoard: {paths['tensorboard_runs']} runs under {tensorboard} "
+                      f"(tensorboard --logdir {tensorboard})")
     _ranking_tables(console, summary)
     console.print(f"\nreport: {paths['html']}  (Markdown summary: {paths['markdown']}, figures in {paths['figures']})")
     return summary
