@@ -197,3 +197,32 @@ def test_stochastic_divergence_reference_is_the_full_objective_not_the_first_sam
     assert result.final["status"] == "completed", result.events
     first = result.history[0]
     assert first["batch_loss"] < 1e-3 * first["train_loss"]  # the lucky first sample is there
+
+
+def test_the_loop_driven_by_hand_equals_gdlab_train():
+    """The one loop used directly (an objective, an EagerStepper over the user's optimizer, stop
+    rules) records the same run as gdlab.train on the same module, data and settings."""
+    import copy
+
+    import gdlab
+    from gdlab.data import Dataset
+    from gdlab.engine import FullBatchObjective, StopRules, make_schedule, train_loop
+    from gdlab.engine.steppers.eager import EagerStepper
+    from gdlab.optim import get_loss
+
+    torch.manual_seed(0)
+    X = torch.randn(300, 5, dtype=torch.float64)
+    y = X @ torch.randn(5, 1, dtype=torch.float64) + 0.1 * torch.randn(300, 1, dtype=torch.float64)
+    data = Dataset("mine", X[:240], y[:240], X[240:], y[240:], task_type="regression")
+    model = torch.nn.Linear(5, 1).double()
+    reference = gdlab.train(copy.deepcopy(model), data, optimizer="momentum", lr=0.05, steps=60, clip_norm=0.5,
+                            dtype="float64", eval_every=10, log_every=1, compile="off")
+    objective = FullBatchObjective(model, get_loss("mse"), data.X_train, data.y_train)
+    stepper = EagerStepper(objective, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                           make_schedule("full", data.n_train), clip_norm=0.5)
+    out = train_loop(stepper, objective, data, StopRules(max_steps=60), eval_every=10)
+    assert out.final["clipping"]["clipped_steps"] == reference.final["clipping"]["clipped_steps"] > 0
+    assert [h["step"] for h in out.history] == [h["step"] for h in reference.history]
+    for a, b in zip(reference.history, out.history):
+        for key in ("train_loss", "grad_norm", "test_loss", "lr"):
+            assert b[key] == (None if a[key] is None else pytest.approx(a[key], rel=1e-12)), (key, a["step"])

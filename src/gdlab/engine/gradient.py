@@ -408,6 +408,10 @@ class FullBatchObjective:
     total_rows: int | None = None
     reduce: Reduce | None = None
 
+    def __post_init__(self) -> None:
+        if self.params is None:  # the trainable parameters, as every gradient function defaults to
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+
     def loss(self) -> float:
         """L(theta) at the current parameters, without gradients."""
         return full_batch_loss(

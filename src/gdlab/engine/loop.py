@@ -75,17 +75,11 @@ class StopRules:
 
 @dataclass
 class GuardOptions:
-    """Non-finite guard and gradient clipping (see the module docstring)."""
+    """The non-finite guard (see the module docstring); clipping is the stepper's."""
 
     policy: str = "rollback"
     lr_factor: float = 0.5
     max_rollbacks: int = 10
-    clip_norm: float | None = None
-    clip_value: float | None = None
-
-    @property
-    def clipping(self) -> bool:
-        return self.clip_norm is not None or self.clip_value is not None
 
 
 @dataclass
@@ -406,7 +400,7 @@ def train_loop(
     return finish(
         objective, data, train_mode=train_mode, shard=shard, step=step, samples=samples, train_time=train_time,
         status=status, reason=reason, rollbacks=rollbacks, final_lr=stepper.lr(step),
-        loss_evaluations=stepper.loss_evaluations, clip_factors=clip_factors if guard.clipping else None,
+        loss_evaluations=stepper.loss_evaluations, clip_factors=clip_factors if stepper.clipping else None,
         history=history, events=events, diagnostics=diagnostics, callbacks=callbacks,
     )
 

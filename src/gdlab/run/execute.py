@@ -67,10 +67,8 @@ def run(
         grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
         divergence_factor=config.divergence_factor,
     )
-    guard = GuardOptions(
-        policy=config.nonfinite_policy, lr_factor=config.rollback_lr_factor,
-        max_rollbacks=config.max_rollbacks, clip_norm=config.clip_norm, clip_value=config.clip_value,
-    )
+    guard = GuardOptions(policy=config.nonfinite_policy, lr_factor=config.rollback_lr_factor,
+                         max_rollbacks=config.max_rollbacks)
     all_callbacks = [*diagnostic_callbacks(config), *callbacks]
     autocast, accumulate = precision_dtypes(config)
     shard = prepared.shard

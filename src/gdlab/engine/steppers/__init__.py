@@ -63,6 +63,7 @@ class Stepper:
     max_block = 1
     exposes_gradients = False
     full = True  # every step's gradient is over all training rows (its loss is the train loss)
+    clipping = False  # whether accept() clips the gradients (then it reports each step's Clip)
 
     def run(self, step: int, count: int) -> Block:
         raise NotImplementedError

@@ -38,11 +38,11 @@ class EagerStepper(Stepper):
                  clip_value: float | None = None, shard: Shard | None = None) -> None:
         self.objective, self.optimizer, self.schedule, self.scheduler = objective, optimizer, schedule, scheduler
         self.model = objective.model
-        self.params = list(objective.params) if objective.params is not None else [
-            p for p in self.model.parameters() if p.requires_grad]
+        self.params = list(objective.params)
         self.full = schedule.is_full
         self.shard = shard
         self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.clipping = clip_norm is not None or clip_value is not None
         self.line_search = isinstance(optimizer, ArmijoLineSearch)
         self.snapshot = _Snapshot(policy == "rollback", self.params) if policy in ("rollback", "stop") else None
         self._batch: tuple[torch.Tensor, torch.Tensor, int] | None = None
@@ -67,7 +67,7 @@ class EagerStepper(Stepper):
         if self.snapshot is not None:
             self.snapshot.save(step, self.model, self.optimizer, self.scheduler)
         clip = None
-        if self.clip_norm is not None or self.clip_value is not None:
+        if self.clipping:
             c = clip_gradients(self.params, max_norm=self.clip_norm, max_value=self.clip_value)
             clip = Clip(c.clipped, c.factor, c.norm_before, c.norm_after)
         if self.line_search:
