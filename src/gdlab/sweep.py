@@ -20,9 +20,9 @@ import torch
 from gdlab.config import RunConfig
 from gdlab.engine.choose import stacked_blocker
 from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
-from gdlab.engine.loop import StopRules, finish
+from gdlab.engine.loop import GuardOptions, StopRules, loop_steps, train_lanes
 from gdlab.engine.regimes import make_schedule
-from gdlab.engine.stacked import StackedForward, StackedObjective, stacked_step, stacked_train_loop
+from gdlab.engine.stacked import StackedForward, StackedLane, StackedObjective, StackedSteps, stacked_step
 from gdlab.optim import build_optimizer
 from gdlab.optim.functional import functional_rule
 from gdlab.run import PreparedRun, RunResult, make_result, prepare, run
@@ -154,30 +154,23 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
     lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
     stop = StopRules(max_steps=c0.steps, max_epochs=c0.max_epochs, loss_tol=c0.loss_tol, grad_tol=c0.grad_tol,
                      time_budget_s=c0.time_budget_s, divergence_factor=c0.divergence_factor)
-    clipping = c0.clip_norm is not None or c0.clip_value is not None
+    shared = StackedSteps(objective, rule, params, first.data, schedules, lr_table,
+                          clip_norm=c0.clip_norm, clip_value=c0.clip_value)
+    models, runs = [], []
+    for k, c in enumerate(configs):
+        model = copy.deepcopy(preparations[c.seed].model)
+        own = FullBatchObjective(model, first.loss_fn, first.data.X_train, first.data.y_train, first.chunk_size,
+                                 make_regularizer(model, c.l1, c.l2))
+        models.append(model)
+        runs.append(loop_steps(StackedLane(shared, k, model), own, first.data, stop, eval_every=first.eval_every,
+                               log_every=first.log_every, layer_mode=c.layer_mode, guard=GuardOptions(policy="stop")))
     torch.manual_seed(c0.seed)
-    copies = stacked_train_loop(objective, rule, params, first.data, schedules, stop, lr_table=lr_table,
-                                eval_every=first.eval_every, log_every=first.log_every, clip_norm=c0.clip_norm,
-                                clip_value=c0.clip_value)
+    outcomes = train_lanes(runs, shared.advance)
     results = []
     engine = {"path": "stacked", "reason": f"{K} runs stacked into one model", "copies": K, "block": None,
               "compile_s": None, "step_s": dict(timing)}
-    for k, (c, record) in enumerate(zip(configs, copies)):
+    for k, (c, model, outcome) in enumerate(zip(configs, models, outcomes)):
         source = preparations[c.seed]
-        model = copy.deepcopy(source.model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        with torch.no_grad():
-            for p, value in zip(trainable, record.params):
-                p.copy_(value)
-        objective = FullBatchObjective(model, first.loss_fn, first.data.X_train, first.data.y_train,
-                                       first.chunk_size, make_regularizer(model, c.l1, c.l2), params=trainable)
-        outcome = finish(
-            objective, first.data, train_mode=c.layer_mode == "train", shard=None, step=record.step,
-            samples=record.samples, train_time=record.train_time, status=record.status, reason=record.reason,
-            rollbacks=0, final_lr=float(lr_table[min(record.step, lr_table.shape[0] - 1), k]), loss_evaluations=None,
-            clip_factors=record.clip_factors if clipping else None, history=record.history, events=record.events,
-            diagnostics={}, callbacks=(),
-        )
         own = dataclasses.replace(source, config=c, model=model, schedule=schedules[k])
         result = make_result(c, own, outcome, dict(engine))
         results.append(result)

@@ -32,9 +32,10 @@ the loss exceeds ``divergence_factor`` times the initial loss,
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +223,60 @@ def train_loop(
     ``shard`` (a torch.distributed job) the objective holds this rank's rows and sums over ranks,
     and the time budget is agreed over ranks so that every rank stops at the same step.
     """
+    return drive(loop_steps(stepper, objective, data, stop, eval_every=eval_every, log_every=log_every,
+                            layer_mode=layer_mode, callbacks=callbacks, guard=guard, shard=shard,
+                            checkpoint=checkpoint, resume=resume))
+
+
+def drive(steps: Iterator[None]) -> LoopOutcome:
+    """Run a :func:`loop_steps` generator to its end and return its outcome."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def train_lanes(runs: Sequence[Iterator[None]], advance: Callable[[], None]) -> list[LoopOutcome]:
+    """Advance several :func:`loop_steps` generators in lockstep, one iteration each per round,
+    calling ``advance()`` after every round (a stacked stepper commits the round's step of every
+    copy there), until each has returned; their outcomes in order. Ctrl-C in one run stops all."""
+    outcomes: list[LoopOutcome | None] = [None] * len(runs)
+    alive = list(range(len(runs)))
+    interrupted = False
+    while alive:
+        for k in list(alive):
+            try:
+                if interrupted and inspect.getgeneratorstate(runs[k]) != inspect.GEN_CREATED:
+                    runs[k].throw(KeyboardInterrupt)
+                else:
+                    next(runs[k])
+            except StopIteration as done:
+                outcomes[k] = done.value
+                alive.remove(k)
+                interrupted = interrupted or done.value.final["stop_reason"] == "interrupted"
+        advance()
+    return outcomes  # type: ignore[return-value]
+
+
+def loop_steps(
+    stepper: Stepper,
+    objective: FullBatchObjective,
+    data: Dataset,
+    stop: StopRules,
+    *,
+    eval_every: int = 10,
+    log_every: int = 1,
+    layer_mode: str = "train",
+    callbacks: Sequence[Callback] = (),
+    guard: GuardOptions | None = None,
+    shard: Shard | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Generator[None, None, LoopOutcome]:
+    """:func:`train_loop` as a generator that yields after every iteration (a step or a block,
+    or a rollback) and returns the outcome: several runs can then advance in lockstep (the lanes
+    of a stacked sweep, :func:`train_lanes`)."""
     guard = guard or GuardOptions()
     model = objective.model
     n = objective.total_rows or int(objective.X.shape[0])
@@ -276,7 +331,6 @@ def train_loop(
             if spent is not None:
                 status, reason = "completed", spent
                 break
-            left = steps_left()
             if stop.time_budget_s is not None and (
                 agree_max(train_time) if shard else train_time
             ) >= stop.time_budget_s:
@@ -288,10 +342,9 @@ def train_loop(
             tests: tuple[float | None, float | None] = (None, None)
             eval_train = None
             if evaluating:
-                stepper.sync()
-                tests = measured(lambda: test_metrics(objective, data, shard))
+                tests = stepper.measure("test", lambda: measured(lambda: test_metrics(objective, data, shard)))
                 if not full:
-                    eval_train = measured(objective.loss)
+                    eval_train = stepper.measure("train", lambda: measured(objective.loss))
                     if first_loss is None and math.isfinite(eval_train):
                         # the divergence reference is the full objective, not one (maybe lucky) batch
                         first_loss = eval_train
@@ -302,7 +355,7 @@ def train_loop(
                         break
 
             block = stepper.max_block
-            count = block if block > 1 and step % block == 0 and left >= block else 1
+            count = block if block > 1 and step % block == 0 and steps_left() >= block else 1
             blk = stepper.run(step, count)
 
             # the first step at which the run must change course: the guard or a tolerance rule
@@ -355,6 +408,7 @@ def train_loop(
                 if checkpoint is not None and step % checkpoint.every == 0:
                     checkpoint.save(loop_state())
             if j == count:
+                yield
                 continue
 
             # step j stops the run or is rolled back
@@ -382,6 +436,7 @@ def train_loop(
                                          f"(rollback {rollbacks} of at most {guard.max_rollbacks})"})
                 step = target
                 train_time += time.perf_counter() - t0
+                yield
                 continue
             train_time += time.perf_counter() - t0
             if target is not None:

@@ -5,12 +5,13 @@ copies differ in seed, its own initialisation and sample order); one forward and
 serve all copies. For small models, where per-step framework overhead rather than arithmetic is
 the cost, K copies then cost about as much as one run.
 
-Copy k follows exactly the steps its own run would (regimes full, minibatch, stochastic; the
-update rules with a functional form; schedules; stopping rules; the guard with policy stop): its
-history, events and final record are built as :func:`gdlab.engine.loop.train_loop` builds them,
-and equal them to float rounding (tests). A copy that diverges or reaches its target stops there
-(its parameters at that point are kept) while the others go on. Training time is the stacked
-time divided by K (each copy's share), and a time budget holds for that share.
+Each copy is a lane of the one training loop: copy k's :class:`StackedLane` is its stepper,
+and :func:`gdlab.engine.loop.train_lanes` advances the K loops in lockstep while
+:class:`StackedSteps` computes each round's step of all copies at once. So copy k's stop
+rules, guard (policy stop), clipping, history, events and final record are its own run's, by
+the same code, and equal a separate run to float rounding (tests); a copy that diverges or
+reaches its target stops there while the others go on. Training time is the stacked time
+divided by K (each copy's share), and a time budget holds for that share.
 
 Stackable models: the zoo's linear/logistic models and MLPs without BatchNorm or Dropout
 (:func:`stackable`); their stacked forward pass is one GEMM for a single-layer model whose input
@@ -19,10 +20,9 @@ the copies share, and a batched matrix product per layer otherwise (:class:`Stac
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdlab.engine.chunks import spans
-from gdlab.engine.loop import StopRules, clip_event, guard_problem, history_record
 from gdlab.engine.regimes import SampleSchedule
+from gdlab.engine.steppers import Block, Clip, Stepper
 from gdlab.models.zoo import MLP, LinearModel
 from gdlab.optim.functional import FunctionalRule, clip_functional, global_norm
 from gdlab.optim.regularization import penalty
@@ -187,149 +187,126 @@ def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list
     return new, state, losses.detach(), gnorms, factors
 
 
-@dataclass
-class CopyRecord:
-    """The bookkeeping of one copy: its records, counters and, once it stops, its end state."""
+class StackedSteps:
+    """The computation K lanes share: one stacked step of every copy per round (:meth:`step`,
+    computed once, when the first lane asks), committed for all of them by :meth:`advance` at the
+    round's end. ``params`` carry a leading K; ``lr_table`` (steps + 1, K) holds each copy's
+    learning rate per step (the last row repeats); ``schedules`` one sample schedule per copy
+    (all the same object when the copies share their sample order)."""
 
-    history: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    first_loss: float | None = None
-    done: bool = False
-    status: str = "completed"
-    reason: str = "max_steps"
-    step: int = 0
-    samples: int = 0
-    train_time: float = 0.0
-    params: list[Tensor] | None = None
-    clip_factors: list[float] = field(default_factory=list)
+    def __init__(self, objective: StackedObjective, rule: FunctionalRule, params: list[Tensor], data: Any,
+                 schedules: Sequence[SampleSchedule], lr_table: Tensor, *,
+                 clip_norm: float | None = None, clip_value: float | None = None) -> None:
+        self.objective, self.rule, self.data = objective, rule, data
+        self.X, self.y = data.X_train, data.y_train
+        self._measured: dict[str, list[Any]] = {}
+        self.schedules, self.lr_table = list(schedules), lr_table
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.shared_order = all(s is self.schedules[0] for s in self.schedules)
+        self.current, self.state = params, rule.init(params)
+        self.previous: list[Tensor] | None = None
+        self.round = 0
+        self._pending: tuple[Any, ...] | None = None
+
+    def lr(self, step: int, k: int) -> float:
+        return float(self.lr_table[min(step, self.lr_table.shape[0] - 1), k])
+
+    def step(self) -> tuple[list[float], list[float], list[float], list[float] | None, int, float]:
+        """This round's step of every copy: (losses, grad norms, lrs, clip factors or None, rows,
+        seconds), each list over the K copies."""
+        if self._pending is None:
+            t0 = time.perf_counter()
+            X, y = self.X, self.y
+            if self.shared_order:
+                idx = self.schedules[0].next_indices()
+                rows = int(X.shape[0]) if idx is None else int(idx.numel())
+                Xb, yb = (X, y) if idx is None else (X[idx.to(X.device)], y[idx.to(X.device)])
+                per_copy = False
+            else:
+                stacked_idx = torch.stack([s.next_indices() for s in self.schedules]).to(X.device)
+                rows = int(stacked_idx.shape[1])
+                Xb, yb, per_copy = X[stacked_idx], y[stacked_idx], True
+            lrs = self.lr_table[min(self.round, self.lr_table.shape[0] - 1)]
+            new, state, losses, gnorms, factors = stacked_step(
+                self.objective, self.rule, self.current, self.state, lrs, Xb, yb, per_copy, self.clip_norm,
+                self.clip_value)
+            result = (losses.double().tolist(), gnorms.tolist(), lrs.tolist(),
+                      None if factors is None else factors.tolist(), rows, time.perf_counter() - t0)
+            self._pending = (new, state, result)
+        return self._pending[2]
+
+    @torch.no_grad()
+    def measure(self, what: str) -> list[Any]:
+        """Each copy's test (loss, accuracy) (``"test"``) or full training objective (``"train"``)
+        at the round's parameters, computed once per round for all copies."""
+        if what not in self._measured:
+            d = self.data
+            if what == "test":
+                losses, accs = self.objective.evaluate(self.current, d.X_test, d.y_test,
+                                                       d.task_type == "classification")
+                K = self.current[0].shape[0]
+                self._measured[what] = [(None if losses is None else losses[k], None if accs is None else accs[k])
+                                        for k in range(K)]
+            else:
+                self._measured[what] = self.objective(self.current, self.X, self.y).double().tolist()
+        return self._measured[what]
+
+    def advance(self) -> None:
+        """Commit the round's step for every copy (a lane that stopped no longer reads its slot)."""
+        self._measured = {}
+        if self._pending is not None:
+            self.previous = self.current
+            self.current, self.state, _ = self._pending
+            self._pending = None
+            self.round += 1
 
 
-def stacked_train_loop(
-    objective: StackedObjective,
-    rule: FunctionalRule,
-    params: list[Tensor],
-    data: Any,
-    schedules: Sequence[SampleSchedule],
-    stop: StopRules,
-    *,
-    lr_table: Tensor,
-    eval_every: int,
-    log_every: int,
-    clip_norm: float | None = None,
-    clip_value: float | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> list[CopyRecord]:
-    """Train the K stacked copies (``params`` with a leading K) until every copy has stopped.
+class StackedLane(Stepper):
+    """Copy ``k`` of a :class:`StackedSteps` as a stepper of the one loop, training ``model`` (a
+    model of the copies' architecture that holds copy k's parameters for measurements and the
+    final record). Its training time is its share of each stacked step. Lanes stay in lockstep:
+    the guard policy is stop, under which a lane that goes back stops there."""
 
-    ``lr_table`` (steps + 1, K) holds each copy's learning rate per step (the last row repeats);
-    ``schedules`` one sample schedule per copy (all the same object when the copies share their
-    sample order). Returns one CopyRecord per copy, whose ``params`` are its final parameters;
-    the caller builds each copy's final record from them."""
-    K = params[0].shape[0]
-    X, y = data.X_train, data.y_train
-    n = data.n_train
-    classification = data.task_type == "classification"
-    is_full = schedules[0].is_full
-    shared_order = all(s is schedules[0] for s in schedules)
-    copies = [CopyRecord() for _ in range(K)]
-    state = rule.init(params)
-    previous: list[Tensor] | None = None
-    step, samples, train_time = 0, 0, 0.0
+    name = "stacked"
 
-    def finish_copy(k: int, status: str, reason: str, at_step: int, snapshot: list[Tensor], used: int) -> None:
-        c = copies[k]
-        c.done, c.status, c.reason, c.step = True, status, reason, at_step
-        c.samples, c.train_time = used, train_time / K
-        c.params = [p[k].clone() for p in snapshot]
+    def __init__(self, shared: StackedSteps, k: int, model: nn.Module) -> None:
+        self.shared, self.k = shared, k
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.full = shared.schedules[k].is_full
+        self.clipping = shared.clip_norm is not None or shared.clip_value is not None
+        self._restored = False
 
-    def alive() -> list[int]:
-        return [k for k in range(K) if not copies[k].done]
+    def run(self, step: int, count: int) -> Block:
+        losses, gnorms, lrs, self._factors, rows, seconds = self.shared.step()
+        k, K = self.k, len(losses)
+        return Block([losses[k]], [gnorms[k]], [lrs[k]], [rows], seconds / K)
 
-    while alive():
-        reason = stop.spent(step, samples, n)
-        if reason is not None:
-            for k in alive():
-                finish_copy(k, "completed", reason, step, params, samples)
-            break
-        if stop.time_budget_s is not None and train_time / K >= stop.time_budget_s:  # each copy's share
-            for k in alive():
-                finish_copy(k, "time_budget", "time_budget", step, params, samples)
-            break
-        evaluating = step % eval_every == 0
-        if evaluating:
-            test_loss, test_acc = objective.evaluate(params, data.X_test, data.y_test, classification)
+    def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:
+        if k == 0:
+            return [], 0.0
+        _, gnorms, *_ = self.shared.step()
+        if not self.clipping:
+            return [None], 0.0
+        f, g = self._factors[self.k], gnorms[self.k]
+        return [Clip(f != 1.0, f, g, g * f)], 0.0
 
-            def tests(k: int) -> tuple[float | None, float | None]:
-                return (test_loss[k] if test_loss else None, test_acc[k] if test_acc else None)
+    def back(self) -> int | None:
+        if self.shared.previous is None:
+            return None
+        self._restored = True
+        return self.shared.round - 1
 
-            eval_train = None
-            if not is_full:
-                with torch.no_grad():
-                    eval_train = objective(params, X, y).double().tolist()
-                for k in alive():
-                    if copies[k].first_loss is None and math.isfinite(eval_train[k]):
-                        copies[k].first_loss = eval_train[k]
-                    if stop.loss_tol is not None and eval_train[k] <= stop.loss_tol:
-                        copies[k].history.append(history_record(
-                            step, samples / n, train_time / K, None, eval_train[k], None, float(lr_table[step, k]),
-                            tests(k)))
-                        finish_copy(k, "target_reached", "loss_tol", step, params, samples)
-                if not alive():
-                    break
-        time_before = train_time
-        t0 = time.perf_counter()
-        if shared_order:
-            idx = schedules[0].next_indices()
-            rows = n if idx is None else int(idx.numel())
-            Xb, yb = (X, y) if idx is None else (X[idx.to(X.device)], y[idx.to(X.device)])
-            per_copy = False
-        else:
-            idxs = [s.next_indices() for s in schedules]
-            rows = int(idxs[0].numel())
-            stacked_idx = torch.stack(idxs).to(X.device)
-            Xb, yb, per_copy = X[stacked_idx], y[stacked_idx], True
-        lrs = lr_table[min(step, lr_table.shape[0] - 1)]
-        new, new_state, losses_t, gnorms_t, factors_t = stacked_step(objective, rule, params, state, lrs, Xb, yb,
-                                                                     per_copy, clip_norm, clip_value)
-        losses, gnorms = losses_t.double().tolist(), gnorms_t.tolist()
-        factors = factors_t.tolist() if factors_t is not None else None
-        train_time += time.perf_counter() - t0
-        used = samples + rows
-        lr_values = lrs.tolist()
-        logging = evaluating or step % log_every == 0
-        for k in alive():
-            c, loss, gnorm, lr = copies[k], losses[k], gnorms[k], lr_values[k]
-            problem = guard_problem(loss, gnorm, lr, c.first_loss, stop.divergence_factor)
-            if problem is not None:
-                kind, detail = problem
-                if previous is not None:
-                    detail += f"; restored the last good parameters (step {step - 1})"
-                c.events.append({"step": step, "kind": kind, "detail": detail + "; run stopped as diverged"})
-                finish_copy(k, "diverged", kind, step - 1 if previous is not None else step,
-                            previous if previous is not None else params, used)
-                continue
-            if c.first_loss is None:
-                c.first_loss = loss
-            reached = is_full and stop.loss_tol is not None and loss <= stop.loss_tol
-            flat = is_full and stop.grad_tol is not None and gnorm <= stop.grad_tol
-            clipped = factors is not None and not (reached or flat)  # a stopping step is not taken
-            if clipped and factors[k] != 1.0:
-                if not c.clip_factors:
-                    c.events.append(clip_event(step, gnorm, gnorm * factors[k]))
-                c.clip_factors.append(factors[k])
-            if not (logging or reached or flat):
-                continue  # most steps: nothing to record, so no record is built
-            train_loss = loss if is_full else eval_train[k] if evaluating else None
-            c.history.append(history_record(step, samples / n, time_before / K, loss, train_loss, gnorm, lr,
-                                            tests(k) if evaluating else (None, None)))
-            if clipped:
-                c.history[-1]["clip_factor"] = factors[k]
-            if reached:
-                finish_copy(k, "target_reached", "loss_tol", step, params, used)
-            elif flat:
-                finish_copy(k, "stopped", "grad_tol", step, params, used)
-        previous, params, state = params, new, new_state
-        step, samples = step + 1, used
-        if on_step is not None:
-            on_step(step)
-    return copies
+    def scale_lr(self, factor: float) -> None:
+        raise NotImplementedError("stacked lanes run under guard policy stop")
+
+    def lr(self, step: int) -> float:
+        return self.shared.lr(step, self.k)
+
+    def measure(self, what: str, default: Callable[[], Any]) -> Any:
+        return self.shared.measure(what)[self.k]
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        source = self.shared.previous if self._restored else self.shared.current
+        for p, stacked in zip(self.params, source):
+            p.copy_(stacked[self.k])

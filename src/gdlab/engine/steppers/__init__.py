@@ -21,14 +21,18 @@ gradient in ``p.grad`` between ``run(count=1)`` and ``accept`` (diagnostics call
 * :class:`~gdlab.engine.steppers.eager.EagerStepper`: torch.optim (and closure optimizers such as
   the line search) on the model itself, one step per call, any regime, any process count;
 * :class:`~gdlab.engine.steppers.compiled.CompiledStepper`: a functional step traced into one
-  ``torch.compile`` graph per block of steps (regime full, one process).
+  ``torch.compile`` graph per block of steps (regime full, one process);
+* :class:`~gdlab.engine.stacked.StackedLane`: one of K copies trained as one stacked model (a
+  sweep over learning rates and seeds), the K loops advanced in lockstep.
 
 Which stepper a run gets is decided in :mod:`gdlab.engine.choose`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -87,6 +91,13 @@ class Stepper:
 
     def sync(self) -> None:
         """Put the current parameters into the model (a no-op for a stepper that trains it)."""
+
+    def measure(self, what: str, default: Callable[[], Any]) -> Any:
+        """A measurement at the current parameters: ``what`` is ``"test"`` (test loss and
+        accuracy) or ``"train"`` (the full training objective), ``default`` computes it on the
+        model. A stepper that computes it for all its copies at once overrides this."""
+        self.sync()
+        return default()
 
     @property
     def loss_evaluations(self) -> int | None:
