@@ -2,8 +2,8 @@
 + ``vmap(grad_and_value(functional_call))``), one update of every copy.
 
 The question it answers: can stacked sweeps use ``vmap`` over any model (CNNs, recurrent nets)
-instead of :class:`gdlab.engine.stacked.StackedForward`, which knows only linear, logistic and
-MLP models? The rule set for the switch: within 10 % of the hand-stacked step on these cases.
+instead of :class:`gdlab.engine.steppers.stacked.StackedForward`, which knows only linear,
+logistic and MLP models? The rule set for the switch: within 10 % of the hand-stacked step on these cases.
 
 Cases: K = 8 and 32 copies (plain GD, one shared batch) of linear regression (80 rows), the
 breast_cancer logistic regression (455 rows), a digits MLP 64-32-10 on all 1437 rows and on one
@@ -24,7 +24,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from common import Row, base_parser, median_rounds, report, timed
 
 from gdlab.config import RunConfig
-from gdlab.engine.stacked import StackedForward, StackedObjective, stacked_step
+from gdlab.engine.steppers.stacked import StackedForward, StackedObjective, stacked_step
 from gdlab.optim.functional import functional_rule, global_norm
 from gdlab.run import prepare
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gdlab.config import RunConfig
-from gdlab.engine.stacked import StackedForward, per_copy_loss
+from gdlab.engine.steppers.stacked import StackedForward, per_copy_loss
 from gdlab.models.zoo import MLP
 from gdlab.optim.losses import get_loss
 from gdlab.store import RunStore

@@ -3,8 +3,8 @@
 :func:`run_sweep` takes K run configs and returns K run results, each equal (to float rounding)
 to :func:`gdlab.run.run` on its config. When the runs can be stacked
 (:func:`sweep_blocker`) and a short measurement says K stacked copies step faster than K
-separate runs, they train as one stacked model (:mod:`gdlab.engine.stacked`); otherwise they run
-one after another. ``final.engine`` of every result says which and why.
+separate runs, they train as one stacked model (:mod:`gdlab.engine.steppers.stacked`);
+otherwise they run one after another. ``final.engine`` of every result says which and why.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from gdlab.engine.choose import stacked_blocker
 from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
 from gdlab.engine.loop import GuardOptions, StopRules, loop_steps, train_lanes
 from gdlab.engine.regimes import make_schedule
-from gdlab.engine.stacked import StackedForward, StackedLane, StackedObjective, StackedSteps, stacked_step
+from gdlab.engine.steppers.stacked import (StackedForward, StackedLane, StackedObjective, StackedSteps,
+                                          stacked_step)
 from gdlab.optim import build_optimizer
 from gdlab.optim.functional import functional_rule
 from gdlab.run import PreparedRun, RunResult, make_result, prepare, run

@@ -2,10 +2,11 @@
 
 The eager stepper runs everything. K runs that differ only in learning rate and seed may train
 as one stacked model when :func:`stacked_blocker` lets them (:mod:`gdlab.sweep` measures whether
-it pays). The compiled stepper runs what :func:`compiled_blocker` lets through; under ``--compile auto`` it is chosen only when compiling can pay for itself (a long
-enough run, a measured compiled step faster than an eager gradient), under ``--compile on``
-whenever it may run (a configuration it cannot run is refused, a failed compile falls back to
-eager with a warning).
+it pays). The compiled stepper runs what :func:`compiled_blocker` lets through; under
+``--compile auto`` it is chosen only when compiling can pay for itself (a long enough run, a
+measured compiled step faster than an eager gradient), under ``--compile on`` whenever it may
+run (a configuration it cannot run is refused, a failed compile falls back to eager with a
+warning).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 from gdlab.engine.functional import batch_dependent_layers
 from gdlab.engine.gradient import LossFn, full_batch_loss_and_grad
 from gdlab.engine.loop import Callback, uses_gradients
-from gdlab.engine.stacked import STACKED_LOSSES, stackable
+from gdlab.engine.steppers.stacked import STACKED_LOSSES, stackable
 from gdlab.engine.steppers.compiled import StepFunctions, tensor_lr
 from gdlab.errors import GdlabError
 from gdlab.optim.functional import FUNCTIONAL_RULES

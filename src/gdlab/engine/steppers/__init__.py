@@ -22,8 +22,8 @@ gradient in ``p.grad`` between ``run(count=1)`` and ``accept`` (diagnostics call
   the line search) on the model itself, one step per call, any regime, any process count;
 * :class:`~gdlab.engine.steppers.compiled.CompiledStepper`: a functional step traced into one
   ``torch.compile`` graph per block of steps (regime full, one process);
-* :class:`~gdlab.engine.stacked.StackedLane`: one of K copies trained as one stacked model (a
-  sweep over learning rates and seeds), the K loops advanced in lockstep.
+* :class:`~gdlab.engine.steppers.stacked.StackedLane`: one of K copies trained as one stacked
+  model (a sweep over learning rates and seeds), the K loops advanced in lockstep.
 
 Which stepper a run gets is decided in :mod:`gdlab.engine.choose`.
 """
@@ -39,8 +39,9 @@ from typing import Any
 class Block:
     """What :meth:`Stepper.run` reports for ``count`` steps (lists of length count).
 
-    ``grad_norms[i]`` is the global norm of step i's gradient (in float64), ``rows[i]`` is the number of rows whose gradient step i computed, over all processes;
-    ``seconds`` the training time the block took."""
+    ``grad_norms[i]`` is the global norm of step i's gradient (in float64), ``rows[i]`` the
+    number of rows whose gradient step i computed, over all processes, ``seconds`` the training
+    time the block took."""
 
     losses: list[float]
     grad_norms: list[float]
