@@ -1,10 +1,11 @@
 """The training loop: one loop for every stepper, owning everything a run records.
 
 A *stepper* (:mod:`gdlab.engine.steppers`) owns the parameters and how they move: the eager
-stepper (torch.optim on the model, any regime, any process count) or the compiled one (blocks of
-full-batch steps in one ``torch.compile`` graph). The loop owns the rest, once: accounting, stop
-rules, the non-finite guard, clipping events, history records, events, callbacks, checkpoints and
-interruption. Any stepper therefore records a run the same way.
+stepper (torch.optim on the model, any regime, any process count), the compiled one (blocks of
+full-batch steps in one ``torch.compile`` graph) or a stacked lane (one of K copies trained as
+one stacked model; :func:`train_lanes` runs the K loops in lockstep). The loop owns the rest,
+once: accounting, stop rules, the non-finite guard, clipping events, history records, events,
+callbacks, checkpoints and interruption. Any stepper therefore records a run the same way.
 
 Accounting conventions (one record per logged step, see DESIGN.md "The run record"):
 
@@ -191,41 +192,12 @@ def guard_problem(loss: float, gnorm: float, lr: float, first_loss: float | None
     return None
 
 
-def train_loop(
-    stepper: Stepper,
-    objective: FullBatchObjective,
-    data: Dataset,
-    stop: StopRules,
-    *,
-    eval_every: int = 10,
-    log_every: int = 1,
-    layer_mode: str = "train",
-    callbacks: Sequence[Callback] = (),
-    guard: GuardOptions | None = None,
-    shard: Shard | None = None,
-    checkpoint: CheckpointHook | None = None,
-    resume: dict[str, Any] | None = None,
-) -> LoopOutcome:
-    """Train with ``stepper`` until a stop rule fires; ``objective`` is the full-batch training
-    objective of the stepper's model (measurements, callbacks and the final record), ``data``
-    holds the test rows. Returns the final record, the history, the events and the diagnostics.
-
-    Each iteration: the stop rules; at evaluation steps (every ``eval_every``) the test metrics
-    and, outside regime full, the training objective; ``stepper.run`` for one step or a block;
-    the guard and the tolerance rules on each step's loss and gradient norm; the
-    ``on_gradient`` callbacks; ``stepper.accept`` of the steps before the first one that must
-    change the run's course; then each accepted step's clipping event, callbacks, history record
-    and checkpoint.
-
-    ``checkpoint.save(loop_state)`` is called every ``checkpoint.every`` updates with the loop's
-    counters and records; passing such a state back as ``resume`` (with the model, optimizer,
-    scheduler, sample schedule and RNG restored by the caller) continues the run exactly. With
-    ``shard`` (a torch.distributed job) the objective holds this rank's rows and sums over ranks,
-    and the time budget is agreed over ranks so that every rank stops at the same step.
-    """
-    return drive(loop_steps(stepper, objective, data, stop, eval_every=eval_every, log_every=log_every,
-                            layer_mode=layer_mode, callbacks=callbacks, guard=guard, shard=shard,
-                            checkpoint=checkpoint, resume=resume))
+def train_loop(stepper: Stepper, objective: FullBatchObjective, data: Dataset, stop: StopRules,
+               **options: Any) -> LoopOutcome:
+    """Train with ``stepper`` until a stop rule fires and return the final record, the history,
+    the events and the diagnostics: :func:`loop_steps` (same arguments and keyword options) run
+    to its end."""
+    return drive(loop_steps(stepper, objective, data, stop, **options))
 
 
 def drive(steps: Iterator[None]) -> LoopOutcome:
@@ -274,9 +246,26 @@ def loop_steps(
     checkpoint: CheckpointHook | None = None,
     resume: dict[str, Any] | None = None,
 ) -> Generator[None, None, LoopOutcome]:
-    """:func:`train_loop` as a generator that yields after every iteration (a step or a block,
-    or a rollback) and returns the outcome: several runs can then advance in lockstep (the lanes
-    of a stacked sweep, :func:`train_lanes`)."""
+    """Train with ``stepper`` until a stop rule fires; ``objective`` is the full-batch training
+    objective of the stepper's model (measurements, callbacks and the final record), ``data``
+    holds the test rows. A generator: it yields after every iteration (a step or a block, or a
+    rollback) and returns the outcome (final record, history, events, diagnostics), so that
+    several runs can advance in lockstep (the lanes of a stacked sweep, :func:`train_lanes`);
+    :func:`train_loop` runs it to its end.
+
+    Each iteration: the stop rules; at evaluation steps (every ``eval_every``) the test metrics
+    and, outside regime full, the training objective; ``stepper.run`` for one step or a block;
+    the guard and the tolerance rules on each step's loss and gradient norm; the
+    ``on_gradient`` callbacks; ``stepper.accept`` of the steps before the first one that must
+    change the run's course; then each accepted step's clipping event, callbacks, history record
+    and checkpoint.
+
+    ``checkpoint.save(loop_state)`` is called every ``checkpoint.every`` updates with the loop's
+    counters and records; passing such a state back as ``resume`` (with the model, optimizer,
+    scheduler, sample schedule and RNG restored by the caller) continues the run exactly. With
+    ``shard`` (a torch.distributed job) the objective holds this rank's rows and sums over ranks,
+    and the time budget is agreed over ranks so that every rank stops at the same step.
+    """
     guard = guard or GuardOptions()
     model = objective.model
     n = objective.total_rows or int(objective.X.shape[0])
