@@ -23,8 +23,8 @@ from torch import Tensor
 from gdlab.engine.functional import batch_dependent_layers
 from gdlab.engine.gradient import LossFn, full_batch_loss_and_grad
 from gdlab.engine.loop import Callback, uses_gradients
-from gdlab.engine.steppers.stacked import STACKED_LOSSES, stackable
 from gdlab.engine.steppers.compiled import StepFunctions, tensor_lr
+from gdlab.engine.steppers.stacked import STACKED_LOSSES, stackable
 from gdlab.errors import GdlabError
 from gdlab.optim.functional import FUNCTIONAL_RULES
 
@@ -32,7 +32,6 @@ from gdlab.optim.functional import FUNCTIONAL_RULES
 # AMD EPYC; a 1.3-2x faster step repays that only over a run of several minutes.
 AUTO_COMPILE_MIN_S = 300.0
 AUTO_COMPILE_MIN_STEPS = 500
-COMPILE_CHOICES = ("auto", "on", "off")
 
 
 @dataclass

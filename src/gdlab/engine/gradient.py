@@ -235,22 +235,28 @@ def full_batch_loss_and_grad(
                                   autocast=autocast).size
     device = params[0].device
     buffers = _accumulation_buffers(params, accumulate)
-    if (buffers is None and reduce is None and autocast is None and isinstance(X, torch.Tensor)
-            and X.device == device and total_rows in (None, X.shape[0]) and chunk_size >= X.shape[0]):
-        return _one_chunk_loss_and_grad(model, loss_fn, X, y, regularizer, params)
-    rows = as_rows(X, y, chunk_size, like=params[0])
-    n = int(total_rows) if total_rows is not None else rows.n
+    # all rows in one pass, gradients straight into p.grad: the same arithmetic (a chunk weight of
+    # 1 is exact) without the chunk machinery, which is most of a small model's step
+    one_pass = (buffers is None and reduce is None and autocast is None and isinstance(X, torch.Tensor)
+                and y is not None and X.device == device and total_rows in (None, X.shape[0])
+                and chunk_size >= X.shape[0])
+    rows = None if one_pass else as_rows(X, y, chunk_size, like=params[0])  # refuses bad data first
     for p in params:
         p.grad = None
-
-    data_loss = torch.zeros((), dtype=accumulate or torch.float64, device=device)
-    num_chunks = 0
-    for Xc, yc in rows:
-        with _autocast(device, autocast):
-            chunk_loss = loss_fn(model(Xc), yc) * (Xc.shape[0] / n)
-        data_loss += chunk_loss.detach().to(data_loss.dtype)
-        _accumulate(chunk_loss, params, buffers)
-        num_chunks += 1
+    if one_pass:
+        data_loss = loss_fn(model(X), y)
+        data_loss.backward()
+        data_loss, n, num_chunks = data_loss.detach(), int(X.shape[0]), 1
+    else:
+        n = int(total_rows) if total_rows is not None else rows.n
+        data_loss = torch.zeros((), dtype=accumulate or torch.float64, device=device)
+        num_chunks = 0
+        for Xc, yc in rows:
+            with _autocast(device, autocast):
+                chunk_loss = loss_fn(model(Xc), yc) * (Xc.shape[0] / n)
+            data_loss += chunk_loss.detach().to(data_loss.dtype)
+            _accumulate(chunk_loss, params, buffers)
+            num_chunks += 1
 
     if reduce is not None:
         grads = buffers if buffers is not None else [
@@ -276,30 +282,6 @@ def full_batch_loss_and_grad(
     return GradientResult(
         loss=data + reg_loss, data_loss=data, reg_loss=reg_loss, num_samples=n, num_chunks=num_chunks
     )
-
-
-def _one_chunk_loss_and_grad(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor,
-                             regularizer: Callable[[], torch.Tensor] | None,
-                             params: Sequence[torch.Tensor]) -> GradientResult:
-    """:func:`full_batch_loss_and_grad` when all rows are one chunk on the parameters' device and
-    gradients accumulate in ``p.grad``: the same arithmetic (a chunk weight of 1 is exact) without
-    the chunk machinery, which is most of a small model's step."""
-    for p in params:
-        p.grad = None
-    loss = loss_fn(model(X), y)
-    loss.backward()
-    reg_loss = 0.0
-    if regularizer is not None:
-        reg = regularizer()
-        if reg.requires_grad:
-            reg.backward()
-        reg_loss = float(reg.detach())
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    data = float(loss.detach())
-    return GradientResult(loss=data + reg_loss, data_loss=data, reg_loss=reg_loss, num_samples=int(X.shape[0]),
-                          num_chunks=1)
 
 
 @torch.no_grad()
