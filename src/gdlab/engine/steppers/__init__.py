@@ -60,6 +60,11 @@ class Clip:
     before: float
     after: float
 
+    @classmethod
+    def scaled(cls, factor: float, before: float) -> Clip:
+        """A functional clip's record from its factor and the norm it scaled."""
+        return cls(factor != 1.0, factor, before, before * factor)
+
 
 class Stepper:
     """The interface the loop drives (see the module docstring)."""

@@ -138,7 +138,7 @@ class CompiledStepper(Stepper):
             p, s = self._advance(self.params, self.state, start, k - 1)
             self.previous = (start + k - 1, p, s)
             self.params, self.state = self._advance(p, s, start + k - 1, 1)
-        clips = [Clip(f != 1.0, f, g, g * f) if self.clipping else None for f, g in zip(factors[:k], gnorms[:k])]
+        clips = [Clip.scaled(f, g) if self.clipping else None for f, g in zip(factors[:k], gnorms[:k])]
         return clips, 0.0
 
     def back(self) -> int | None:

@@ -208,8 +208,9 @@ class StackedSteps:
         self.round = 0
         self._pending: tuple[Any, ...] | None = None
 
-    def lr(self, step: int, k: int) -> float:
-        return float(self.lr_table[min(step, self.lr_table.shape[0] - 1), k])
+    def lrs(self, step: int) -> Tensor:
+        """Each copy's learning rate at ``step`` (K,)."""
+        return self.lr_table[min(step, self.lr_table.shape[0] - 1)]
 
     def step(self) -> tuple[list[float], list[float], list[float], list[float] | None, int, float]:
         """This round's step of every copy: (losses, grad norms, lrs, clip factors or None, rows,
@@ -226,7 +227,7 @@ class StackedSteps:
                 stacked_idx = torch.stack([s.next_indices() for s in self.schedules]).to(X.device)
                 rows = int(stacked_idx.shape[1])
                 Xb, yb, per_copy = X[stacked_idx], y[stacked_idx], True
-            lrs = self.lr_table[min(self.round, self.lr_table.shape[0] - 1)]
+            lrs = self.lrs(self.round)
             new, state, losses, gnorms, factors = stacked_step(
                 self.objective, self.rule, self.current, self.state, lrs, Xb, yb, per_copy, self.clip_norm,
                 self.clip_value)
@@ -277,18 +278,15 @@ class StackedLane(Stepper):
         self._restored = False
 
     def run(self, step: int, count: int) -> Block:
-        losses, gnorms, lrs, self._factors, rows, seconds = self.shared.step()
+        losses, gnorms, lrs, _, rows, seconds = self.shared.step()
         k, K = self.k, len(losses)
         return Block([losses[k]], [gnorms[k]], [lrs[k]], [rows], seconds / K)
 
     def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:
         if k == 0:
             return [], 0.0
-        _, gnorms, *_ = self.shared.step()
-        if not self.clipping:
-            return [None], 0.0
-        f, g = self._factors[self.k], gnorms[self.k]
-        return [Clip(f != 1.0, f, g, g * f)], 0.0
+        _, gnorms, _, factors, *_ = self.shared.step()
+        return [Clip.scaled(factors[self.k], gnorms[self.k]) if self.clipping else None], 0.0
 
     def back(self) -> int | None:
         if self.shared.previous is None:
@@ -300,7 +298,7 @@ class StackedLane(Stepper):
         raise NotImplementedError("stacked lanes run under guard policy stop")
 
     def lr(self, step: int) -> float:
-        return self.shared.lr(step, self.k)
+        return float(self.shared.lrs(step)[self.k])
 
     def measure(self, what: str, default: Callable[[], Any]) -> Any:
         return self.shared.measure(what)[self.k]
