@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from gdlab.engine.steppers.compiled import CompiledStepper, StepFunctions, block
 from gdlab.engine.steppers.eager import EagerStepper
 from gdlab.errors import GdlabError
 from gdlab.optim.functional import functional_rule
-from gdlab.optim.schedules import build_scheduler
+from gdlab.optim.schedules import schedule_lrs
 from gdlab.run.build import PreparedRun, diagnostic_callbacks, precision_dtypes, prepare
 from gdlab.run.record import RunResult, make_result
 
@@ -74,8 +73,8 @@ def run(
     shard = prepared.shard
     objective = FullBatchObjective(
         net, prepared.loss_fn, prepared.data.X_train, prepared.data.y_train, prepared.chunk_size,
-        prepared.regularizer, params=[p for p in net.parameters() if p.requires_grad], autocast=autocast,
-        accumulate=accumulate, total_rows=shard.n_train if shard else None, reduce=all_reduce_sum if shard else None,
+        prepared.regularizer, autocast=autocast, accumulate=accumulate,
+        total_rows=shard.n_train if shard else None, reduce=all_reduce_sum if shard else None,
     )
     fns, choice = plan_stepper(config, prepared, all_callbacks, resume=resume is not None,
                                checkpoints=hook is not None)
@@ -125,16 +124,7 @@ def lr_sequence(config: RunConfig, steps: int | None) -> list[float] | None:
     """The learning rate of each step 0..steps under the config's schedule (None: constant)."""
     if config.schedule in (None, "constant") or steps is None:
         return None
-    probe = nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([probe], lr=config.lr)
-    scheduler = build_scheduler(config.schedule, optimizer, steps)
-    lrs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # stepping a scheduler without optimizer.step()
-        for _ in range(steps + 1):
-            lrs.append(float(optimizer.param_groups[0]["lr"]))
-            scheduler.step()
-    return lrs
+    return schedule_lrs(config.schedule, config.lr, steps + 1, total_steps=steps)
 
 
 def _checkpoint_payload(config: RunConfig, prepared: PreparedRun, loop_state: dict[str, Any]) -> dict[str, Any]:
