@@ -20,14 +20,14 @@ import torch
 from gdlab.config import RunConfig
 from gdlab.engine.choose import stacked_blocker
 from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
-from gdlab.engine.loop import GuardOptions, StopRules, loop_steps, train_lanes
+from gdlab.engine.loop import GuardOptions, loop_steps, train_lanes
 from gdlab.engine.regimes import make_schedule
 from gdlab.engine.steppers.stacked import (StackedForward, StackedLane, StackedObjective, StackedSteps,
                                           stacked_step)
 from gdlab.optim import build_optimizer
 from gdlab.optim.functional import functional_rule
 from gdlab.run import PreparedRun, RunResult, make_result, prepare, run
-from gdlab.run.build import make_regularizer
+from gdlab.run.build import make_regularizer, stop_rules
 from gdlab.run.execute import lr_sequence
 
 VARYING = ("lr", "seed")
@@ -153,8 +153,7 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
         seq = lr_sequence(c, steps)
         columns.append(seq if seq is not None else [c.lr] * ((steps or 0) + 1))
     lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
-    stop = StopRules(max_steps=c0.steps, max_epochs=c0.max_epochs, loss_tol=c0.loss_tol, grad_tol=c0.grad_tol,
-                     time_budget_s=c0.time_budget_s, divergence_factor=c0.divergence_factor)
+    stop = stop_rules(c0)
     shared = StackedSteps(objective, rule, params, first.data, schedules, lr_table,
                           clip_norm=c0.clip_norm, clip_value=c0.clip_value)
     models, runs = [], []

@@ -21,7 +21,7 @@ from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
 from gdlab.distributed import Shard, broadcast_parameters, make_shard
 from gdlab.engine.calibrate import ChunkChoice
 from gdlab.engine.gradient import LossFn, chunk_choice
-from gdlab.engine.loop import Callback
+from gdlab.engine.loop import Callback, StopRules
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
@@ -246,6 +246,13 @@ def make_regularizer(model: nn.Module, l1: float, l2: float) -> Callable[[], tor
     if not (l1 or l2):
         return None
     return lambda: regularization_term(model, l1=l1, l2=l2)
+
+
+def stop_rules(config: RunConfig) -> StopRules:
+    """The loop's stop rules from the config's budgets, tolerances and divergence factor."""
+    return StopRules(max_steps=config.steps, max_epochs=config.max_epochs, loss_tol=config.loss_tol,
+                     grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
+                     divergence_factor=config.divergence_factor)
 
 
 def diagnostic_callbacks(config: RunConfig) -> list[Callback]:

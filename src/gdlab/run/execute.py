@@ -22,13 +22,13 @@ from gdlab.engine.calibrate import ChunkChoice
 from gdlab.engine.choose import StepperChoice, choose_stepper, compiled_blocker
 from gdlab.engine.functional import FunctionalObjective
 from gdlab.engine.gradient import FullBatchObjective
-from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, StopRules, train_loop
+from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, train_loop
 from gdlab.engine.steppers.compiled import CompiledStepper, StepFunctions, block_length
 from gdlab.engine.steppers.eager import EagerStepper
 from gdlab.errors import GdlabError
 from gdlab.optim.functional import functional_rule
 from gdlab.optim.schedules import schedule_lrs
-from gdlab.run.build import PreparedRun, diagnostic_callbacks, precision_dtypes, prepare
+from gdlab.run.build import PreparedRun, diagnostic_callbacks, precision_dtypes, prepare, stop_rules
 from gdlab.run.record import RunResult, make_result
 
 
@@ -61,11 +61,7 @@ def run(
         hook = CheckpointHook(config.checkpoint_every,
                               lambda state: write_checkpoint(checkpoint_dir, _checkpoint_payload(config, prepared, state)))
     net = prepared.model
-    stop = StopRules(
-        max_steps=config.steps, max_epochs=config.max_epochs, loss_tol=config.loss_tol,
-        grad_tol=config.grad_tol, time_budget_s=config.time_budget_s,
-        divergence_factor=config.divergence_factor,
-    )
+    stop = stop_rules(config)
     guard = GuardOptions(policy=config.nonfinite_policy, lr_factor=config.rollback_lr_factor,
                          max_rollbacks=config.max_rollbacks)
     all_callbacks = [*diagnostic_callbacks(config), *callbacks]
