@@ -52,12 +52,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common import Row, base_parser, median_rounds, report, timed
 from gdlab.engine import calibrate
-from gdlab.engine.gradient import (
-    DEFAULT_MEMORY_BUDGET_MB,
-    auto_chunk_size,
-    chunk_choice,
-    full_batch_loss_and_grad,
-)
+from gdlab.engine.calibrate import DEFAULT_MEMORY_BUDGET_MB, auto_chunk_size, chunk_choice
+from gdlab.engine.objective import full_batch_loss_and_grad
 
 WIDTHS = (784, 512, 512, 10)
 NAIVE_BATCH = 128

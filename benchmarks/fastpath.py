@@ -17,6 +17,10 @@ round (every round runs each contender once, so load changes hit them alike):
   guard and stopping rules), its training time (``final.wall_time_s``, evaluations excluded);
 * gdlab compiled: the same with ``compile: on``; its training time. The one-off compile time
   (``final.engine.compile_s``) is reported separately and is not part of the ratios.
+* compiled torch.optim: the autograd loop with ``torch.compile`` of the model's loss (forward
+  and, through AOT autograd, backward) and of ``torch.optim.SGD.step``, PyTorch's own compiled
+  optimizer step. Against gdlab compiled it measures what gdlab's functional update rules (the
+  whole block of steps, update included, in one graph) win over compiling torch.optim's step.
 
     python benchmarks/fastpath.py [--quick] [--repeats R] [--out DIR]
 """
@@ -69,6 +73,31 @@ def autograd_loop(config: RunConfig, steps: int) -> Callable[[], float]:
     return go
 
 
+def compiled_torch_optim_loop(config: RunConfig, steps: int) -> Callable[[], float]:
+    prepared = prepare(config)
+    X, y = prepared.data.X_train, prepared.data.y_train
+    loss_fn = get_loss(prepared.loss_name)
+    model = prepared.model
+    initial = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+    loss_of = torch.compile(lambda: loss_fn(model(X), y))
+    step = torch.compile(opt.step)
+
+    def go() -> float:
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), initial):
+                p.copy_(p0)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = loss_of()
+            loss.backward()
+            step()
+            loss.item()
+        return time.perf_counter() - t0
+    return go
+
+
 def gdlab_run(config: RunConfig) -> Callable[[], float]:
     def go() -> float:
         result = run(config)
@@ -84,7 +113,9 @@ def measure_case(name: str, base: dict, steps: int, repeats: int, with_numpy: bo
     compiled = gdlab_run(RunConfig.from_dict({**config, "compile": "on"}))
     hand = autograd_loop(RunConfig.from_dict(config), steps)
     contenders: dict[str, Callable[[], float]] = {"autograd loop": hand, "gdlab eager": eager,
-                                                  "gdlab compiled": compiled}
+                                                  "gdlab compiled": compiled,
+                                                  "compiled torch.optim": compiled_torch_optim_loop(
+                                                      RunConfig.from_dict(config), steps)}
     if with_numpy:
         data = prepare(RunConfig.from_dict(config)).data
         X = data.X_train.double().numpy()
@@ -103,6 +134,9 @@ def measure_case(name: str, base: dict, steps: int, repeats: int, with_numpy: bo
                         target="<= 3"))
     rows.append(Row("fastpath", case, "autograd loop / gdlab compiled", med["autograd loop"] / med["gdlab compiled"],
                     target=">= 8" if with_numpy else ">= 1.3"))
+    rows.append(Row("fastpath", case, "compiled torch.optim / gdlab compiled",
+                    med["compiled torch.optim"] / med["gdlab compiled"],
+                    note="torch.compile of torch.optim's step against gdlab's functional rules in one graph"))
     rows.append(Row("fastpath", case, "gdlab eager / autograd loop", med["gdlab eager"] / med["autograd loop"],
                     note="the eager loop's bookkeeping"))
     return rows

@@ -35,7 +35,7 @@ def contenders(task: str, model: str, K: int, rows: int | None) -> dict:
     params, _ = stack_module_state([copy.deepcopy(prepared.model) for _ in range(K)])
     names = list(params)
     stacked = [params[n].detach() for n in names]
-    objective = StackedObjective(StackedForward(prepared.model), prepared.loss_name,
+    objective = StackedObjective(StackedForward(prepared.model), prepared.loss_fn,
                                  [p.dim() >= 2 for p in stacked])
     rule = functional_rule("gd", 0.1)
     state, lrs = rule.init(stacked), torch.full((K,), 0.1)

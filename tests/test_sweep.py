@@ -8,6 +8,7 @@ import torch
 
 from gdlab.config import RunConfig
 from gdlab.engine.steppers.stacked import StackedForward, per_copy_loss
+from gdlab.models import build_model
 from gdlab.models.zoo import MLP
 from gdlab.optim.losses import get_loss
 from gdlab.store import RunStore
@@ -83,9 +84,9 @@ def test_per_copy_loss_equals_the_loss_of_each_copy(loss, out_dim):
         y = torch.randn(B, out_dim, generator=gen, dtype=torch.float64)
     else:
         y = torch.randint(0, max(out_dim, 2), (B,), generator=gen)
-    values = per_copy_loss(loss, out, y)
+    values = per_copy_loss(get_loss(loss), out, y)
     per_copy_targets = torch.stack([y.roll(k, dims=0) for k in range(K)])
-    own = per_copy_loss(loss, out, per_copy_targets, per_copy=True)
+    own = per_copy_loss(get_loss(loss), out, per_copy_targets, per_copy=True)
     for k in range(K):
         assert float(values[k]) == pytest.approx(float(get_loss(loss)(out[:, k], y)), rel=1e-14)
         assert float(own[k]) == pytest.approx(float(get_loss(loss)(out[:, k], per_copy_targets[k])), rel=1e-14)
@@ -109,12 +110,37 @@ def test_stacked_forward_equals_each_model(layers):
         torch.testing.assert_close(own[:, k], m(X_own[k]))
 
 
+@pytest.mark.parametrize("spec", ["gru:6x1", "lstm:4x2", "rnn:5x2"])
+def test_stacked_recurrent_forward_equals_each_model(spec):
+    """A recurrent net's K copies, stepped through time by the cells' formulas, give each
+    nn.GRU/LSTM/RNN model's own forward pass, for a shared input and for one batch per copy."""
+    models = [build_model(spec, (9, 2), 3, seed=s, dtype=torch.float64) for s in range(3)]
+    params = [torch.stack(ps) for ps in zip(*[list(m.parameters()) for m in models])]
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 9, 2, generator=gen, dtype=torch.float64)
+    X_own = torch.randn(3, 5, 9, 2, generator=gen, dtype=torch.float64)
+    out, own = StackedForward(models[0])(params, X, False), StackedForward(models[0])(params, X_own, True)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[:, k], m(X), rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(own[:, k], m(X_own[k]), rtol=1e-13, atol=1e-14)
+
+
+def test_stochastic_gru_seeds_and_lrs_equal_separate_runs(assert_same_run):
+    """SGD on the sine GRU, one sequence per step, 2 seeds x 2 rates: each copy equals its own
+    nn.GRU run."""
+    base = RunConfig.from_dict(dict(task="sine", model="gru:4x1", n_samples=40, regime="stochastic", max_epochs=1,
+                                    nonfinite_policy="stop", dtype="float64", data_seed=0, eval_every=10,
+                                    log_every=3))
+    stacked, sequential = both(sweep_configs(base, lrs=[0.01, 0.1], seeds=[0, 1]))
+    assert_stacked_equal(assert_same_run, stacked, sequential)
+
+
 def test_sweeps_that_cannot_stack_run_one_after_another_and_say_why():
-    lstm = sweep_configs(RunConfig.from_dict(dict(task="sine", model="lstm:4x1", steps=3, nonfinite_policy="stop")),
-                         lrs=[0.01, 0.1])
-    results = run_sweep(lstm, stacked="on")
+    cnn = sweep_configs(RunConfig.from_dict(dict(task="digits", model="cnn:lenet", steps=3, nonfinite_policy="stop")),
+                        lrs=[0.01, 0.1])
+    results = run_sweep(cnn, stacked="on")
     assert all("sequential" in r.final["engine"]["sweep"] for r in results)
-    assert "RecurrentNet" in results[0].final["engine"]["sweep"]
+    assert "LeNet" in results[0].final["engine"]["sweep"]
     rollback = sweep_configs(RunConfig.from_dict(dict(task="linreg", steps=3)), lrs=[0.01, 0.1])
     assert "policy stop" in run_sweep(rollback)[0].final["engine"]["sweep"]
     differ = [RunConfig.from_dict(dict(task="linreg", steps=3, nonfinite_policy="stop")),

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from gdlab.config import RunConfig
 from gdlab.data import PRESETS, TASKS, Dataset
 from gdlab.data.sources import DataObject, as_dataset
-from gdlab.engine.gradient import full_batch_loss_and_grad
+from gdlab.engine.objective import full_batch_loss_and_grad
 from gdlab.engine.loop import Callback
 from gdlab.errors import GdlabError
 from gdlab.optim import get_loss
@@ -53,16 +53,9 @@ def _split_source(data: DataObject | str | Path) -> tuple[dict[str, Any], Datase
     return {}, data
 
 
-def train(
-    model: nn.Module | str | None = None,
-    data: DataObject | str | Path = "digits",
-    *,
-    test: DataObject = None,
-    task_type: str | None = None,
-    callbacks: Sequence[Callback] = (),
-    out: str | Path | None = None,
-    **options: Any,
-) -> RunResult:
+def train(model: nn.Module | str | None = None, data: DataObject | str | Path = "digits", *,
+          test: DataObject = None, task_type: str | None = None, callbacks: Sequence[Callback] = (),
+          out: str | Path | None = None, **options: Any) -> RunResult:
     """Train ``model`` on ``data`` and return the run: ``final``, ``history``, ``events``,
     ``diagnostics`` (the run record's parts, :meth:`RunResult.to_record` for the JSON) and the
     trained ``model``.
@@ -125,15 +118,9 @@ def _xy(data: DataObject, batch_size: int | None) -> tuple[torch.Tensor | DataLo
                      f"got {type(data).__name__}")
 
 
-def full_batch_grad(
-    model: nn.Module,
-    loss_fn: LossLike,
-    data: DataObject,
-    *,
-    chunk_size: int | None = None,
-    regularizer: Callable[[], torch.Tensor] | None = None,
-    accumulate: torch.dtype | None = None,
-) -> list[torch.Tensor]:
+def full_batch_grad(model: nn.Module, loss_fn: LossLike, data: DataObject, *, chunk_size: int | None = None,
+                    regularizer: Callable[[], torch.Tensor] | None = None,
+                    accumulate: torch.dtype | None = None) -> list[torch.Tensor]:
     """The exact gradient of ``(1/N) sum_i loss_fn(model(x_i), y_i) + R`` over every row of
     ``data``, one tensor per trainable parameter (also left in ``p.grad``).
 
@@ -167,18 +154,9 @@ class Sharpness:
         return self.value
 
 
-def sharpness(
-    model: nn.Module,
-    loss_fn: LossLike,
-    data: DataObject,
-    *,
-    k: int = 1,
-    iters: int = 30,
-    tol: float | None = 1e-4,
-    chunk_size: int | None = None,
-    regularizer: Callable[[], torch.Tensor] | None = None,
-    seed: int = 0,
-) -> Sharpness:
+def sharpness(model: nn.Module, loss_fn: LossLike, data: DataObject, *, k: int = 1, iters: int = 30,
+              tol: float | None = 1e-4, chunk_size: int | None = None,
+              regularizer: Callable[[], torch.Tensor] | None = None, seed: int = 0) -> Sharpness:
     """The top ``k`` eigenvalues of the Hessian of the full-batch objective at the model's current
     parameters (Lanczos on exact Hessian-vector products, at most ``iters`` of them), on the same
     data forms as :func:`full_batch_grad` (a DataLoader is streamed once per product). GD with
@@ -261,14 +239,9 @@ def report(store: str | Path, study: str, out: str | Path, *, tensorboard: str |
     return paths, summary
 
 
-def compare(
-    study: str | Path | dict[str, Any],
-    *,
-    store: str | Path | None = None,
-    workers: int | None = None,
-    out: str | Path | None = "report",
-    on_progress: Callable[[int, int], None] | None = None,
-) -> StudyOutcome:
+def compare(study: str | Path | dict[str, Any], *, store: str | Path | None = None,
+            workers: int | None = None, out: str | Path | None = "report",
+            on_progress: Callable[[int, int], None] | None = None) -> StudyOutcome:
     """Run (or resume) a study: a study file's path or the same content as a mapping. Every run is
     stored once in ``store`` (default: the study's ``store``, else ``runs/gdlab.db``); a stored run
     is not run again. With ``out`` (default ``report/``, None for none) the report is written

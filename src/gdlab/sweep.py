@@ -19,7 +19,7 @@ import torch
 
 from gdlab.config import RunConfig
 from gdlab.engine.choose import stacked_blocker
-from gdlab.engine.gradient import FullBatchObjective, full_batch_loss_and_grad
+from gdlab.engine.objective import FullBatchObjective, full_batch_loss_and_grad
 from gdlab.engine.loop import GuardOptions, loop_steps, train_lanes
 from gdlab.engine.regimes import make_schedule
 from gdlab.engine.steppers.stacked import (StackedForward, StackedLane, StackedObjective, StackedSteps,
@@ -88,12 +88,8 @@ def _measure(objective: StackedObjective, rule_name: str, configs: Sequence[RunC
     return {"stacked": sorted(times)[repeats // 2], "single": sorted(single)[repeats // 2]}
 
 
-def run_sweep(
-    configs: Sequence[RunConfig],
-    *,
-    stacked: str = "auto",
-    on_result: Callable[[int, RunResult], None] | None = None,
-) -> list[RunResult]:
+def run_sweep(configs: Sequence[RunConfig], *, stacked: str = "auto",
+              on_result: Callable[[int, RunResult], None] | None = None) -> list[RunResult]:
     """Run every config (they may differ only in lr and seed to stack); results in input order.
 
     ``stacked``: ``auto`` (stack when allowed and measured faster than K runs), ``on`` (stack
@@ -114,7 +110,7 @@ def run_sweep(
                 preparations[c.seed] = prepare(c)
         params = _stack([preparations[c.seed].model for c in configs])
         objective = StackedObjective(
-            StackedForward(first.model), first.loss_name,
+            StackedForward(first.model), first.loss_fn,
             [p.dim() >= 2 for p in first.model.parameters() if p.requires_grad],
             configs[0].l1, configs[0].l2, first.chunk_size)
         if stacked == "auto":

@@ -25,7 +25,8 @@ from gdlab.engine.calibrate import (
     pick_chunk_size,
     time_candidates,
 )
-from gdlab.engine.gradient import auto_chunk_size, chunk_choice, full_batch_loss_and_grad
+from gdlab.engine.calibrate import auto_chunk_size, chunk_choice
+from gdlab.engine.objective import full_batch_loss_and_grad
 from gdlab.config import RunConfig
 from gdlab.run import prepare, restore, run
 

@@ -187,7 +187,7 @@ def test_auto_compiles_when_the_estimated_eager_time_repays_it(monkeypatch, unco
 def test_a_compiled_step_no_faster_than_an_eager_one_is_dropped(uncompiled_blocks):
     """try_compile's rule: with an eager step of 1 ns given, no measured compiled step can beat
     it, so the choice is eager and says why; with 1000 s given, the compiled block is kept."""
-    from gdlab.engine.functional import FunctionalObjective
+    from gdlab.engine.objective import FunctionalObjective
     from gdlab.run import prepare
 
     prepared = prepare(RunConfig.from_dict(dict(task="linreg", dtype="float64")))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from gdlab.engine.gradient import (
-    auto_chunk_size,
+from gdlab.engine.calibrate import auto_chunk_size
+from gdlab.engine.objective import (
     evaluate,
     full_batch_loss,
     full_batch_loss_and_grad,

@@ -16,7 +16,7 @@ from torch import nn
 import gdlab.run as runner
 from gdlab.cli import main
 from gdlab.config import RunConfig
-from gdlab.engine.gradient import evaluate, full_batch_loss, full_batch_loss_and_grad
+from gdlab.engine.objective import evaluate, full_batch_loss, full_batch_loss_and_grad
 from gdlab.errors import GdlabError
 
 N = 4096

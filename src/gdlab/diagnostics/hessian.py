@@ -29,22 +29,19 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-
 from torch.utils.data import DataLoader
 
+from gdlab.engine.calibrate import DEFAULT_MEMORY_BUDGET_MB, auto_chunk_size
 from gdlab.engine.chunks import Rows, as_rows
-from gdlab.engine.gradient import DEFAULT_MEMORY_BUDGET_MB, auto_chunk_size
+from gdlab.engine.objective import LossFn, accumulation_dtype, chunk_terms
 from gdlab.errors import GdlabError, unknown_name
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Regularizer = Callable[[], torch.Tensor]
 
 SHARPNESS_METHODS: dict[str, str] = {
     "lanczos": "Lanczos with full reorthogonalisation: top algebraic eigenvalue",
     "power": "power iteration: eigenvalue of largest magnitude, with its sign",
 }
-
-_ACCUMULATE_DTYPES = (torch.float32, torch.float64)
 
 
 def default_hvp_chunk_size(model: nn.Module, X: torch.Tensor) -> int:
@@ -98,25 +95,17 @@ def _no_cudnn_on_cuda(params: Sequence[torch.Tensor]) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def _accumulate_dtype(p: torch.Tensor) -> torch.dtype:
-    return p.dtype if p.dtype in _ACCUMULATE_DTYPES else torch.float32
-
-
 def check_like_params(
     name: str, tensors: Sequence[torch.Tensor], params: Sequence[torch.Tensor], hint: str = ""
 ) -> None:
     """GdlabError unless ``tensors`` holds one tensor shaped like each parameter."""
     fix = f"pass one tensor shaped like each parameter{hint}"
     if len(tensors) != len(params):
-        raise GdlabError(
-            f"{name} has {len(tensors)} tensors but there are {len(params)} parameters; {fix}"
-        )
+        raise GdlabError(f"{name} has {len(tensors)} tensors but there are {len(params)} parameters; {fix}")
     for i, (t, p) in enumerate(zip(tensors, params)):
         if tuple(t.shape) != tuple(p.shape):
-            raise GdlabError(
-                f"{name}[{i}] has shape {tuple(t.shape)} but parameter {i} has shape "
-                f"{tuple(p.shape)}; {fix}"
-            )
+            raise GdlabError(f"{name}[{i}] has shape {tuple(t.shape)} but parameter {i} has shape "
+                             f"{tuple(p.shape)}; {fix}")
 
 
 def _second_derivative(
@@ -129,21 +118,13 @@ def _second_derivative(
         return [None] * len(params)
     outputs, grad_outputs = zip(*pairs)
     # grad of <g, v> is the vector-Jacobian product of g with v; no dot-product graph needed.
-    return list(
-        torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, allow_unused=True)
-    )
+    return list(torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, allow_unused=True))
 
 
 def hvp(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor | DataLoader,
-    y: torch.Tensor | None,
-    vec: Sequence[torch.Tensor],
-    *,
-    params: Sequence[torch.Tensor] | None = None,
-    chunk_size: int | None = None,
-    regularizer: Regularizer | None = None,
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader, y: torch.Tensor | None,
+    vec: Sequence[torch.Tensor], *, params: Sequence[torch.Tensor] | None = None,
+    chunk_size: int | None = None, regularizer: Regularizer | None = None,
 ) -> list[torch.Tensor]:
     """Hessian of the full-batch objective ``(1/N) sum_i l_i + R`` at the current theta, times vec.
 
@@ -162,34 +143,28 @@ def hvp(
 
 
 def _hvp(
-    model: nn.Module,
-    loss_fn: LossFn,
-    rows: Rows,
-    vec: Sequence[torch.Tensor],
-    params: Sequence[torch.Tensor],
-    regularizer: Regularizer | None,
+    model: nn.Module, loss_fn: LossFn, rows: Rows, vec: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor], regularizer: Regularizer | None,
 ) -> list[torch.Tensor]:
     vec = [v.detach().to(device=p.device, dtype=p.dtype) for v, p in zip(vec, params)]
     total: list[torch.Tensor | None] = [None] * len(params)
-    n = rows.n
 
     def add(parts: list[torch.Tensor | None]) -> None:
         for i, (p, part) in enumerate(zip(params, parts)):
             if part is None:
                 continue
-            part = part.detach().to(_accumulate_dtype(p))
+            part = part.detach().to(accumulation_dtype(p))
             total[i] = part if total[i] is None else total[i] + part
 
     with preserved_buffers(model), _no_cudnn_on_cuda(params), torch.enable_grad():
-        for Xc, yc in rows:
-            chunk_loss = loss_fn(model(Xc), yc) * (Xc.shape[0] / n)
+        for chunk_loss, _, _ in chunk_terms(model, loss_fn, rows):
             add(_second_derivative(chunk_loss, params, vec))
         if regularizer is not None:
             reg = regularizer()
             if reg.requires_grad:
                 add(_second_derivative(reg, params, vec))
     return [
-        torch.zeros(p.shape, dtype=_accumulate_dtype(p), device=p.device) if t is None else t
+        torch.zeros(p.shape, dtype=accumulation_dtype(p), device=p.device) if t is None else t
         for p, t in zip(params, total)
     ]
 
@@ -205,25 +180,14 @@ class HessianOperator:
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        X: torch.Tensor | DataLoader,
-        y: torch.Tensor | None = None,
-        *,
-        params: Sequence[torch.Tensor] | None = None,
-        chunk_size: int | None = None,
+        self, model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader, y: torch.Tensor | None = None,
+        *, params: Sequence[torch.Tensor] | None = None, chunk_size: int | None = None,
         regularizer: Regularizer | None = None,
     ) -> None:
-        self.model = model
-        self.loss_fn = loss_fn
-        self.X = X
-        self.y = y
+        self.model, self.loss_fn, self.X, self.y = model, loss_fn, X, y
         self.params = trainable_parameters(model) if params is None else list(params)
         if not self.params:
-            raise GdlabError(
-                "Hessian: the model has no trainable parameters; nothing to differentiate"
-            )
+            raise GdlabError("Hessian: the model has no trainable parameters; nothing to differentiate")
         self.regularizer = regularizer
         self._rows = _hvp_rows(model, X, y, chunk_size, self.params)
         self.dim: int = sum(p.numel() for p in self.params)
@@ -233,10 +197,8 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H @ v for a flat vector v: (dim,); returns (dim,) float64 on the parameters' device."""
         if v.dim() != 1 or v.numel() != self.dim:
-            raise GdlabError(
-                f"Hessian matvec: expected a flat vector of length {self.dim}, got shape "
-                f"{tuple(v.shape)}"
-            )
+            raise GdlabError(f"Hessian matvec: expected a flat vector of length {self.dim}, got shape "
+                             f"{tuple(v.shape)}")
         parts = torch.split(v, [p.numel() for p in self.params])
         pieces = [part.reshape(p.shape) for part, p in zip(parts, self.params)]
         out = _hvp(self.model, self.loss_fn, self._rows, pieces, self.params, self.regularizer)
@@ -284,9 +246,7 @@ def _relative_change(new: float, old: float) -> float:
     return 0.0 if scale == 0.0 else abs(new - old) / scale
 
 
-def power_iteration(
-    op: LinearOperator, *, iters: int = 100, tol: float = 1e-6, seed: int = 0
-) -> EigenResult:
+def power_iteration(op: LinearOperator, *, iters: int = 100, tol: float = 1e-6, seed: int = 0) -> EigenResult:
     """Dominant eigenvalue of ``op``: the one of largest magnitude, returned with its sign.
 
     Runs at most ``iters`` products from a seeded Gaussian start (a local generator) and stops
@@ -316,9 +276,8 @@ def power_iteration(
             break
         if i + 1 < iters:
             v = w / norm
-    return EigenResult(
-        values=[history[-1]], vectors=[v], hvps=len(history), converged=converged, history=history
-    )
+    return EigenResult(values=[history[-1]], vectors=[v], hvps=len(history), converged=converged,
+                       history=history)
 
 
 def _ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -402,13 +361,9 @@ def lanczos(
     coeffs = torch.as_tensor(s[:, order].copy(), dtype=torch.float64, device=basis.device)
     vectors = basis[:m].T @ coeffs
     vectors = vectors / vectors.norm(dim=0, keepdim=True)
-    return EigenResult(
-        values=[float(theta[i]) for i in order],
-        vectors=[vectors[:, i].clone() for i in range(vectors.shape[1])],
-        hvps=m,
-        converged=converged,
-        history=history,
-    )
+    return EigenResult(values=[float(theta[i]) for i in order],
+                       vectors=[vectors[:, i].clone() for i in range(vectors.shape[1])],
+                       hvps=m, converged=converged, history=history)
 
 
 @dataclass
@@ -441,18 +396,9 @@ def hutchinson_trace(op: LinearOperator, *, samples: int = 50, seed: int = 0) ->
 
 
 def sharpness(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor | DataLoader,
-    y: torch.Tensor | None = None,
-    *,
-    method: str = "lanczos",
-    iters: int = 30,
-    tol: float | None = 1e-4,
-    chunk_size: int | None = None,
-    regularizer: Regularizer | None = None,
-    params: Sequence[torch.Tensor] | None = None,
-    seed: int = 0,
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader, y: torch.Tensor | None = None, *,
+    method: str = "lanczos", iters: int = 30, tol: float | None = 1e-4, chunk_size: int | None = None,
+    regularizer: Regularizer | None = None, params: Sequence[torch.Tensor] | None = None, seed: int = 0,
 ) -> EigenResult:
     """Sharpness: the top Hessian eigenvalue of the full-batch objective at the current theta.
 
@@ -465,9 +411,7 @@ def sharpness(
     """
     if method not in SHARPNESS_METHODS:
         raise unknown_name("sharpness method", method, SHARPNESS_METHODS)
-    op = HessianOperator(
-        model, loss_fn, X, y, params=params, chunk_size=chunk_size, regularizer=regularizer
-    )
+    op = HessianOperator(model, loss_fn, X, y, params=params, chunk_size=chunk_size, regularizer=regularizer)
     if method == "power":
         return power_iteration(op, iters=iters, tol=0.0 if tol is None else tol, seed=seed)
     return lanczos(op, k=1, iters=iters, tol=tol, seed=seed)

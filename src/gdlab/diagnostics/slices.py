@@ -17,14 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gdlab.diagnostics.hessian import (
-    LossFn,
-    Regularizer,
-    check_like_params,
-    preserved_buffers,
-    trainable_parameters,
-)
-from gdlab.engine.gradient import auto_chunk_size, full_batch_loss, full_batch_loss_and_grad
+from gdlab.diagnostics.hessian import (LossFn, Regularizer, check_like_params, preserved_buffers,
+                                       trainable_parameters)
+from gdlab.engine.calibrate import auto_chunk_size
+from gdlab.engine.objective import full_batch_loss, full_batch_loss_and_grad
 from gdlab.errors import GdlabError
 
 Direction = Sequence[torch.Tensor]
@@ -56,16 +52,9 @@ def _restored(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None
                 p.grad = grad
 
 
-def gradient_direction(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    chunk_size: int | None = None,
-    regularizer: Regularizer | None = None,
-    params: Sequence[torch.Tensor] | None = None,
-) -> list[torch.Tensor]:
+def gradient_direction(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *,
+                       chunk_size: int | None = None, regularizer: Regularizer | None = None,
+                       params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The unit steepest-descent direction ``-g / ||g||`` of the full-batch objective.
 
     g is the exact gradient of ``(1/N) sum_i l_i + R`` over X (N, ...) by
@@ -75,22 +64,18 @@ def gradient_direction(
     """
     params = _params(model, params)
     with _restored(model, params):
-        full_batch_loss_and_grad(
-            model, loss_fn, X, y, chunk_size=chunk_size, regularizer=regularizer, params=params
-        )
+        full_batch_loss_and_grad(model, loss_fn, X, y, chunk_size=chunk_size, regularizer=regularizer,
+                                 params=params)
         grads = [p.grad.detach().clone() for p in params]
     norm = math.sqrt(sum(float(g.to(torch.float64).square().sum()) for g in grads))
     if norm == 0.0 or not math.isfinite(norm):
-        raise GdlabError(
-            f"gradient_direction: the gradient norm is {norm}, so there is no descent direction; "
-            "use filter_normalized_direction or a Lanczos eigenvector instead"
-        )
+        raise GdlabError(f"gradient_direction: the gradient norm is {norm}, so there is no descent "
+                         "direction; use filter_normalized_direction or a Lanczos eigenvector instead")
     return [-g / norm for g in grads]
 
 
-def filter_normalized_direction(
-    model: nn.Module, *, seed: int = 0, params: Sequence[torch.Tensor] | None = None
-) -> list[torch.Tensor]:
+def filter_normalized_direction(model: nn.Module, *, seed: int = 0,
+                                params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """A filter-normalised Gaussian direction (Li et al. 2018), one tensor shaped like each param.
 
     For a parameter with ndim >= 2 (conv filters, linear rows, recurrent gate rows) the direction
@@ -115,9 +100,7 @@ def filter_normalized_direction(
     return direction
 
 
-def direction_from_flat(
-    vec: torch.Tensor, params: Sequence[torch.Tensor] | nn.Module
-) -> list[torch.Tensor]:
+def direction_from_flat(vec: torch.Tensor, params: Sequence[torch.Tensor] | nn.Module) -> list[torch.Tensor]:
     """Split a flat vector (dim,) into tensors shaped like ``params`` (a model: its trainable ones).
 
     For example an eigenvector from :func:`gdlab.diagnostics.lanczos`. Each piece is cast to its
@@ -127,26 +110,15 @@ def direction_from_flat(
         params = trainable_parameters(params)
     sizes = [p.numel() for p in params]
     if vec.dim() != 1 or vec.numel() != sum(sizes):
-        raise GdlabError(
-            f"direction_from_flat: expected a flat vector of length {sum(sizes)} (the parameter "
-            f"count), got shape {tuple(vec.shape)}"
-        )
-    return [
-        piece.reshape(p.shape).to(device=p.device, dtype=p.dtype).clone()
-        for piece, p in zip(torch.split(vec, sizes), params)
-    ]
+        raise GdlabError(f"direction_from_flat: expected a flat vector of length {sum(sizes)} (the "
+                         f"parameter count), got shape {tuple(vec.shape)}")
+    return [piece.reshape(p.shape).to(device=p.device, dtype=p.dtype).clone()
+            for piece, p in zip(torch.split(vec, sizes), params)]
 
 
-def _losses_at(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    params: Sequence[torch.Tensor],
-    points: Sequence[Sequence[tuple[float, Direction]]],
-    chunk_size: int | None,
-    regularizer: Regularizer | None,
-) -> list[float]:
+def _losses_at(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor,
+               params: Sequence[torch.Tensor], points: Sequence[Sequence[tuple[float, Direction]]],
+               chunk_size: int | None, regularizer: Regularizer | None) -> list[float]:
     """The objective at theta + sum(c * d) for each point, a list of (coefficient, direction)."""
     if chunk_size is None:
         chunk_size = auto_chunk_size(model, X)
@@ -160,24 +132,15 @@ def _losses_at(
                 for coeff, direction in point:
                     for p, d in zip(params, direction):
                         p.add_(d.to(device=p.device, dtype=p.dtype), alpha=float(coeff))
-            losses.append(full_batch_loss(
-                model, loss_fn, X, y, chunk_size=chunk_size, regularizer=regularizer
-            ))
+            losses.append(full_batch_loss(model, loss_fn, X, y, chunk_size=chunk_size,
+                                          regularizer=regularizer))
     return losses
 
 
-def loss_along_direction(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    direction: Direction,
-    alphas: Sequence[float],
-    *,
-    chunk_size: int | None = None,
-    regularizer: Regularizer | None = None,
-    params: Sequence[torch.Tensor] | None = None,
-) -> list[float]:
+def loss_along_direction(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor,
+                         direction: Direction, alphas: Sequence[float], *, chunk_size: int | None = None,
+                         regularizer: Regularizer | None = None,
+                         params: Sequence[torch.Tensor] | None = None) -> list[float]:
     """The full-batch objective ``L(theta + a * d)`` for each a in ``alphas`` (d = ``direction``).
 
     ``direction``: one tensor shaped like each of ``params`` (default: the trainable
@@ -190,20 +153,10 @@ def loss_along_direction(
     return _losses_at(model, loss_fn, X, y, params, points, chunk_size, regularizer)
 
 
-def loss_plane(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    d1: Direction,
-    d2: Direction,
-    alphas: Sequence[float],
-    betas: Sequence[float],
-    *,
-    chunk_size: int | None = None,
-    regularizer: Regularizer | None = None,
-    params: Sequence[torch.Tensor] | None = None,
-) -> np.ndarray:
+def loss_plane(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, d1: Direction,
+               d2: Direction, alphas: Sequence[float], betas: Sequence[float], *,
+               chunk_size: int | None = None, regularizer: Regularizer | None = None,
+               params: Sequence[torch.Tensor] | None = None) -> np.ndarray:
     """The objective ``L(theta + a d1 + b d2)`` on a grid: float64 array (len(alphas), len(betas)).
 
     Entry [i, j] uses a = alphas[i], b = betas[j]; ``d1`` and ``d2`` are shaped like ``params``.

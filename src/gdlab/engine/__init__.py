@@ -4,15 +4,9 @@
 :mod:`gdlab.engine.steppers` (``EagerStepper`` for a model and its torch.optim optimizer);
 :mod:`gdlab.engine.choose` decides which stepper a run gets."""
 
-from gdlab.engine.gradient import (
-    FullBatchObjective,
-    GradientResult,
-    auto_chunk_size,
-    evaluate,
-    full_batch_loss,
-    full_batch_loss_and_grad,
-    gradient_norm,
-)
+from gdlab.engine.calibrate import auto_chunk_size
+from gdlab.engine.objective import (FullBatchObjective, GradientResult, evaluate, full_batch_loss,
+                                    full_batch_loss_and_grad, gradient_norm)
 from gdlab.engine.loop import Callback, GuardOptions, LoopOutcome, NonFiniteError, StopRules, train_loop
 from gdlab.engine.regimes import REGIMES, SampleSchedule, make_schedule
 

@@ -35,7 +35,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from gdlab.optim.losses import LossFn
 
 MIN_CANDIDATE = 256
 MIN_CALIBRATION_ROWS = 8192
@@ -53,6 +53,7 @@ NEAR_BEST = 0.03
 BUSY_CPU_SHARE = 0.75
 CACHE_ENV = "GDLAB_CACHE_DIR"
 CACHE_FILE = "chunk_sizes.json"
+DEFAULT_MEMORY_BUDGET_MB = 256.0
 
 _memory_cache: dict[str, int] = {}
 
@@ -64,8 +65,7 @@ class ChunkChoice:
     ``source``: ``given`` (set by the caller), ``memory`` (the memory cap or N, calibration not
     applicable: ``reason`` says why), ``calibrated`` (timed now), ``cache`` (timed earlier, read
     from the cache), ``checkpoint`` (the size a resumed run was using). ``seconds``: time spent
-    choosing. ``timings``: seconds per row of each
-    candidate, when timed now.
+    choosing. ``timings``: seconds per row of each candidate, when timed now.
     """
 
     size: int
@@ -120,15 +120,9 @@ def cache_key(model: nn.Module, X: torch.Tensor, autocast: torch.dtype | None, m
     model name), torch threads and version, autocast dtype, largest candidate."""
     device = str(X.device)
     fields_ = {
-        "arch": architecture_signature(model),
-        "row": list(X.shape[1:]),
-        "dtype": str(X.dtype),
-        "device": device,
-        "processor": _processor_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "autocast": str(autocast),
-        "max_candidate": max_candidate,
+        "arch": architecture_signature(model), "row": list(X.shape[1:]), "dtype": str(X.dtype),
+        "device": device, "processor": _processor_name(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "autocast": str(autocast), "max_candidate": max_candidate,
     }
     return json.dumps(fields_, sort_keys=True)
 
@@ -201,15 +195,8 @@ def _untouched(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def time_candidates(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    candidates: list[int],
-    *,
-    autocast: torch.dtype | None = None,
-    budget_s: float = BUDGET_S,
-    max_rows: int | None = None,
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, candidates: list[int], *,
+    autocast: torch.dtype | None = None, budget_s: float = BUDGET_S, max_rows: int | None = None,
 ) -> dict[int, float]:
     """Seconds per row of a forward+backward pass at each chunk size in ``candidates``.
 
@@ -217,8 +204,8 @@ def time_candidates(
     stream from memory as in a real evaluation. Each round times every candidate on about the
     same number of rows (one untimed pass, then at least two timed ones); rounds repeat, up to
     ``MAX_ROUNDS``, while the total stays under ``budget_s`` seconds and ``max_rows`` rows
-    (default 2N). The fastest round
-    of each candidate is kept, which discounts interference from other processes.
+    (default 2N). The fastest round of each candidate is kept, which discounts interference from
+    other processes.
     """
     n = int(X.shape[0])
     max_rows = 2 * n if max_rows is None else max_rows
@@ -284,17 +271,9 @@ def batch_dependent(model: nn.Module) -> bool:
 
 
 def choose_chunk_size(
-    model: nn.Module,
-    loss_fn: LossFn,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    max_chunk: int,
-    autocast: torch.dtype | None = None,
-    calibrate: bool = True,
-    use_cache: bool = True,
-    budget_s: float = BUDGET_S,
-    busy_share: float = BUSY_CPU_SHARE,
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *, max_chunk: int,
+    autocast: torch.dtype | None = None, calibrate: bool = True, use_cache: bool = True,
+    budget_s: float = BUDGET_S, busy_share: float = BUSY_CPU_SHARE,
 ) -> ChunkChoice:
     """The fastest chunk size (rows) for a full-batch gradient over ``X`` (N, ...), at most
     ``max_chunk`` (the memory cap), by timing or from the cache; see the module docstring.
@@ -344,3 +323,79 @@ def choose_chunk_size(
         if not busy:
             _write_disk_cache(path, key, size)
     return ChunkChoice(size, "calibrated", seconds=seconds, reason=reason, timings=timings)
+
+
+def _tensor_bytes(obj: object) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_tensor_bytes(o) for o in obj)
+    return 0
+
+
+def estimate_bytes_per_sample(model: nn.Module, X: torch.Tensor, probe: int = 16) -> int:
+    """Estimate the activation memory (bytes) one sample costs in a forward+backward pass.
+
+    Runs one no-grad forward on ``min(probe, N)`` rows and sums the outputs of every leaf module;
+    autograd keeps roughly the activations plus their gradients, hence the factor 3.
+    """
+    n = max(1, min(probe, X.shape[0]))
+    total = 0
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        total += _tensor_bytes(output)
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # the probe must not move BatchNorm running statistics
+    try:
+        with torch.no_grad():
+            model(X[:n])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    input_bytes = X[:1].numel() * X.element_size()
+    return max(1, (3 * total) // n + input_bytes)
+
+
+def auto_chunk_size(
+    model: nn.Module, X: torch.Tensor, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    bytes_per_sample: int | None = None,
+) -> int:
+    """Largest chunk (rows) whose estimated activation memory fits in ``memory_budget_mb`` MiB,
+    clamped to [1, N]. ``bytes_per_sample``: a known estimate (else measured by a probe)."""
+    per_sample = bytes_per_sample or estimate_bytes_per_sample(model, X)
+    chunk = int(memory_budget_mb * 2**20) // per_sample
+    return int(min(max(chunk, 1), X.shape[0]))
+
+
+# The probe is a forward pass with hooks, too slow to repeat on every default-chunk call.
+_bytes_per_sample: dict[tuple[str, ...], int] = {}
+
+
+def _cached_bytes_per_sample(model: nn.Module, X: torch.Tensor) -> int:
+    """:func:`estimate_bytes_per_sample`, once per architecture, row shape, dtype and device."""
+    key = (architecture_signature(model), str(tuple(X.shape[1:])), str(X.dtype), str(X.device))
+    if key not in _bytes_per_sample:
+        _bytes_per_sample[key] = estimate_bytes_per_sample(model, X)
+    return _bytes_per_sample[key]
+
+
+def chunk_choice(
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *, chunk_size: int | None = None,
+    memory_budget_mb: float | None = None, autocast: torch.dtype | None = None, calibrate: bool = True,
+) -> ChunkChoice:
+    """The chunk size (rows per pass) for a full-batch gradient over ``X`` (N, ...): ``chunk_size``
+    when given, else the fastest power of two within the memory cap of :func:`auto_chunk_size`
+    (calibrated and cached by :func:`choose_chunk_size`), or one chunk of N rows when N is small."""
+    if chunk_size is not None:
+        return ChunkChoice(int(chunk_size), "given")
+    if X.shape[0] == 0:
+        return ChunkChoice(1, "memory", reason="no rows")
+    cap = auto_chunk_size(model, X, memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB,
+                          bytes_per_sample=_cached_bytes_per_sample(model, X))
+    return choose_chunk_size(model, loss_fn, X, y, max_chunk=cap, autocast=autocast, calibrate=calibrate)

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdlab.engine.functional import batch_dependent_layers
-from gdlab.engine.gradient import LossFn, full_batch_loss_and_grad
 from gdlab.engine.loop import Callback, uses_gradients
+from gdlab.engine.objective import LossFn, batch_dependent_layers, full_batch_loss_and_grad
 from gdlab.engine.steppers.compiled import StepFunctions, tensor_lr
 from gdlab.engine.steppers.stacked import STACKED_LOSSES, stackable
 from gdlab.errors import GdlabError
@@ -49,20 +48,10 @@ class StepperChoice:
                 "compile_s": self.compile_s, "step_s": dict(self.step_s)}
 
 
-def compiled_blocker(
-    *,
-    regime: str,
-    optimizer: str,
-    model: torch.nn.Module,
-    layer_mode: str,
-    schedule: str | None,
-    step_budget: bool = True,
-    callbacks: Sequence[Callback] = (),
-    distributed: bool = False,
-    checkpoints: bool = False,
-    resume: bool = False,
-    autocast: str | None = None,
-) -> str | None:
+def compiled_blocker(*, regime: str, optimizer: str, model: torch.nn.Module, layer_mode: str,
+                     schedule: str | None, step_budget: bool = True, callbacks: Sequence[Callback] = (),
+                     distributed: bool = False, checkpoints: bool = False, resume: bool = False,
+                     autocast: str | None = None) -> str | None:
     """Why the compiled stepper cannot run this configuration (one phrase), or None when it can.
     ``schedule`` is a non-constant schedule's name, ``step_budget`` whether the run's number of
     steps is known, ``autocast`` the autocast dtype or an accumulation dtype other than the
@@ -87,16 +76,9 @@ def compiled_blocker(
     return None
 
 
-def stacked_blocker(
-    *,
-    optimizer: str,
-    policy: str,
-    model: torch.nn.Module,
-    loss: str,
-    per_step_work: bool = False,
-    autocast: bool = False,
-    distributed: bool = False,
-) -> str | None:
+def stacked_blocker(*, optimizer: str, policy: str, model: torch.nn.Module, loss: str,
+                    per_step_work: bool = False, autocast: bool = False,
+                    distributed: bool = False) -> str | None:
     """Why K runs of one configuration (differing only in lr and seed) cannot train as one
     stacked model (one phrase), or None when they can. ``per_step_work``: diagnostics or
     checkpoints; ``autocast``: an autocast or accumulation option."""
@@ -115,21 +97,10 @@ def stacked_blocker(
     return stackable(model)
 
 
-def choose_stepper(
-    mode: str,
-    blocked: str | None,
-    make_functions: Callable[[], StepFunctions],
-    *,
-    lr: float,
-    model: torch.nn.Module,
-    loss_fn: LossFn,
-    X: Tensor,
-    y: Tensor,
-    chunk_size: int | None,
-    deterministic: bool = False,
-    expected_steps: int | None = None,
-    time_budget_s: float | None = None,
-) -> tuple[StepFunctions | None, StepperChoice]:
+def choose_stepper(mode: str, blocked: str | None, make_functions: Callable[[], StepFunctions], *, lr: float,
+                   model: torch.nn.Module, loss_fn: LossFn, X: Tensor, y: Tensor, chunk_size: int | None,
+                   deterministic: bool = False, expected_steps: int | None = None,
+                   time_budget_s: float | None = None) -> tuple[StepFunctions | None, StepperChoice]:
     """The compiled step functions and the choice, or (None, choice) for the eager stepper.
 
     ``mode`` is ``--compile``: ``off`` eager; ``on`` compiled, a GdlabError when ``blocked``
@@ -168,10 +139,8 @@ def choose_stepper(
     return fns, choice
 
 
-def try_compile(
-    fns: StepFunctions, params: list[Tensor], state: dict[str, Any], lr: float, X: Tensor, y: Tensor,
-    *, eager_step_s: float | None,
-) -> StepperChoice:
+def try_compile(fns: StepFunctions, params: list[Tensor], state: dict[str, Any], lr: float, X: Tensor,
+                y: Tensor, *, eager_step_s: float | None) -> StepperChoice:
     """Compile the block and time it on copies (the run's state is untouched). The choice is
     ``compiled`` when it compiled and (with ``eager_step_s`` given) a compiled step is faster
     than an eager one, else ``eager`` with the reason."""

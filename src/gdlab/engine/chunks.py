@@ -24,11 +24,13 @@ from gdlab.errors import GdlabError
 
 @dataclass
 class Rows:
-    """``n`` rows of (input, target) pairs, iterated chunk by chunk as ``(X_chunk, y_chunk)``."""
+    """``n`` rows of (input, target) pairs, iterated chunk by chunk as ``(X_chunk, y_chunk)``;
+    the rows run along dimension ``dim`` of the chunks (1 for stacked copies' own rows)."""
 
     n: int
     _chunks: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
     streamed: bool = False
+    dim: int = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._chunks()
@@ -40,15 +42,16 @@ def spans(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def tensor_rows(X: torch.Tensor, y: torch.Tensor, chunk_size: int | None) -> Rows:
-    """The rows of ``X`` (N, ...) and ``y`` (N, ...) in consecutive slices of ``chunk_size``."""
-    chunk_spans = spans(int(X.shape[0]), chunk_size)
+def tensor_rows(X: torch.Tensor, y: torch.Tensor, chunk_size: int | None, dim: int = 0) -> Rows:
+    """The rows of ``X`` (N, ...) and ``y`` (N, ...) in consecutive slices of ``chunk_size``; with
+    ``dim`` 1, of X (K, N, ...) and y (K, N, ...) along their second dimension."""
+    n = int(X.shape[dim])
 
     def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start, stop in chunk_spans:
-            yield X[start:stop], y[start:stop]
+        for start, stop in spans(n, chunk_size):
+            yield X.narrow(dim, start, stop - start), y.narrow(dim, start, stop - start)
 
-    return Rows(int(X.shape[0]), chunks)
+    return Rows(n, chunks, dim=dim)
 
 
 def _fix() -> str:

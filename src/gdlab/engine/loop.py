@@ -45,7 +45,7 @@ from torch import nn
 
 from gdlab.data.dataset import Dataset
 from gdlab.distributed import Shard, agree_max
-from gdlab.engine.gradient import FullBatchObjective, evaluate, gradient_norm
+from gdlab.engine.objective import FullBatchObjective, evaluate, gradient_norm
 from gdlab.engine.steppers import Stepper
 
 
@@ -231,21 +231,11 @@ def train_lanes(runs: Sequence[Iterator[None]], advance: Callable[[], None]) -> 
     return outcomes  # type: ignore[return-value]
 
 
-def loop_steps(
-    stepper: Stepper,
-    objective: FullBatchObjective,
-    data: Dataset,
-    stop: StopRules,
-    *,
-    eval_every: int = 10,
-    log_every: int = 1,
-    layer_mode: str = "train",
-    callbacks: Sequence[Callback] = (),
-    guard: GuardOptions | None = None,
-    shard: Shard | None = None,
-    checkpoint: CheckpointHook | None = None,
-    resume: dict[str, Any] | None = None,
-) -> Generator[None, None, LoopOutcome]:
+def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, stop: StopRules, *,
+               eval_every: int = 10, log_every: int = 1, layer_mode: str = "train",
+               callbacks: Sequence[Callback] = (), guard: GuardOptions | None = None,
+               shard: Shard | None = None, checkpoint: CheckpointHook | None = None,
+               resume: dict[str, Any] | None = None) -> Generator[None, None, LoopOutcome]:
     """Train with ``stepper`` until a stop rule fires; ``objective`` is the full-batch training
     objective of the stepper's model (measurements, callbacks and the final record), ``data``
     holds the test rows. A generator: it yields after every iteration (a step or a block, or a
@@ -458,36 +448,19 @@ def test_metrics(objective: FullBatchObjective, data: Dataset, shard: Shard | No
                     autocast=o.autocast, accumulate=o.accumulate)
 
 
-def finish(
-    objective: FullBatchObjective,
-    data: Dataset,
-    *,
-    train_mode: bool,
-    shard: Shard | None,
-    step: int,
-    samples: int,
-    train_time: float,
-    status: str,
-    reason: str,
-    rollbacks: int,
-    final_lr: float,
-    loss_evaluations: int | None,
-    clip_factors: list[float] | None,
-    history: list[dict[str, Any]],
-    events: list[dict[str, Any]],
-    diagnostics: dict[str, list[dict[str, Any]]],
-    callbacks: Sequence[Callback],
-) -> LoopOutcome:
+def finish(objective: FullBatchObjective, data: Dataset, *, train_mode: bool, shard: Shard | None, step: int,
+           samples: int, train_time: float, status: str, reason: str, rollbacks: int, final_lr: float,
+           loss_evaluations: int | None, clip_factors: list[float] | None, history: list[dict[str, Any]],
+           events: list[dict[str, Any]], diagnostics: dict[str, list[dict[str, Any]]],
+           callbacks: Sequence[Callback]) -> LoopOutcome:
     """The end of a run: the final record at the model's current parameters (plus the loop's
     counters and the clipping summary when ``clip_factors`` is not None), a last history record
     when the last step was not logged, and the ``on_end`` callbacks."""
     n = objective.total_rows or int(objective.X.shape[0])
     final = final_record(objective, data, train_mode=train_mode, shard=shard)
-    final.update(
-        step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
-        gradient_evaluations=samples, loss_evaluations=loss_evaluations, rollbacks=rollbacks,
-        final_lr=final_lr,
-    )
+    final.update(step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
+                 gradient_evaluations=samples, loss_evaluations=loss_evaluations, rollbacks=rollbacks,
+                 final_lr=final_lr)
     if clip_factors is not None:
         final["clipping"] = {
             "clipped_steps": len(clip_factors),
@@ -522,7 +495,5 @@ def final_record(objective: FullBatchObjective, data: Dataset, *, train_mode: bo
                                 total_rows=o.total_rows, reduce=o.reduce, autocast=o.autocast,
                                 accumulate=o.accumulate)
     o.model.train(train_mode)
-    return {
-        "train_loss": res.loss, "train_accuracy": train_acc, "grad_norm": gnorm,
-        "test_loss": test_loss, "test_accuracy": test_acc,
-    }
+    return {"train_loss": res.loss, "train_accuracy": train_acc, "grad_norm": gnorm, "test_loss": test_loss,
+            "test_accuracy": test_acc}

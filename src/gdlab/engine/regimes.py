@@ -91,12 +91,9 @@ class SampleSchedule:
         return start, stop
 
     def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "perm": None if self._perm is None else self._perm.clone(),
-            "generator": self._gen.get_state(),
-        }
+        perm = None if self._perm is None else self._perm.clone()
+        return {"epoch": self.epoch, "position": self.position, "perm": perm,
+                "generator": self._gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
@@ -116,25 +113,19 @@ def make_schedule(
         raise unknown_name("last_batch policy", last_batch, LAST_BATCH_POLICIES)
     if regime == "full":
         if batch_size is not None and batch_size != n:
-            raise GdlabError(
-                f"batch_size {batch_size} conflicts with regime 'full', which always uses all "
-                f"{n} rows; drop --batch-size or use --regime minibatch"
-            )
+            raise GdlabError(f"batch_size {batch_size} conflicts with regime 'full', which always uses all "
+                             f"{n} rows; drop --batch-size or use --regime minibatch")
         return SampleSchedule("full", n, n, "keep", seed)
     if regime == "stochastic":
         if batch_size not in (None, 1):
-            raise GdlabError(
-                f"regime 'stochastic' uses one row per step but batch_size is {batch_size}; "
-                "drop --batch-size or use --regime minibatch"
-            )
+            raise GdlabError(f"regime 'stochastic' uses one row per step but batch_size is {batch_size}; "
+                             "drop --batch-size or use --regime minibatch")
         batch_size = 1
     if batch_size is None:
         batch_size = min(DEFAULT_BATCH_SIZE, n)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise GdlabError(f"batch_size must be an integer >= 1, got {batch_size!r}; use --batch-size 32")
     if batch_size > n:
-        raise GdlabError(
-            f"batch_size {batch_size} is larger than the training set ({n} rows); "
-            f"use --batch-size <= {n} or --regime full"
-        )
+        raise GdlabError(f"batch_size {batch_size} is larger than the training set ({n} rows); "
+                         f"use --batch-size <= {n} or --regime full")
     return SampleSchedule(regime, n, batch_size, last_batch, seed)

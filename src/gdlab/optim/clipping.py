@@ -39,10 +39,7 @@ def _check_positive(value: float | None, name: str) -> None:
 
 
 def clip_gradients(
-    params: Iterable[torch.Tensor],
-    *,
-    max_norm: float | None = None,
-    max_value: float | None = None,
+    params: Iterable[torch.Tensor], *, max_norm: float | None = None, max_value: float | None = None
 ) -> ClipResult:
     """Clip the gradients of ``params`` in place, jointly over all of them.
 

@@ -31,14 +31,8 @@ class ArmijoLineSearch(torch.optim.Optimizer):
     """
 
     def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1.0,
-        c: float = 1e-4,
-        shrink: float = 0.5,
-        grow: float = 2.0,
-        max_backtracks: int = 50,
-        max_lr: float | None = None,
+        self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1.0, c: float = 1e-4,
+        shrink: float = 0.5, grow: float = 2.0, max_backtracks: int = 50, max_lr: float | None = None,
     ) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -52,21 +46,15 @@ class ArmijoLineSearch(torch.optim.Optimizer):
             raise ValueError(f"max_backtracks must be >= 0, got {max_backtracks}")
         if max_lr is not None and not max_lr > 0:
             raise ValueError(f"max_lr must be > 0 or None, got {max_lr}")
-        defaults = dict(
-            lr=lr, c=c, shrink=shrink, grow=grow, max_backtracks=max_backtracks, max_lr=max_lr,
-            t_prev=lr,
-        )
+        defaults = dict(lr=lr, c=c, shrink=shrink, grow=grow, max_backtracks=max_backtracks, max_lr=max_lr,
+                        t_prev=lr)
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
-            raise ValueError(
-                "ArmijoLineSearch uses one step size for all parameters; pass one parameter group"
-            )
+            raise ValueError("ArmijoLineSearch uses one step size for all parameters; "
+                             "pass one parameter group")
         self.state_info: dict[str, Any] = {
-            "last_step_size": 0.0,
-            "last_evaluations": 0,
-            "total_evaluations": 0,
-            "last_status": None,
-            "failures": 0,
+            "last_step_size": 0.0, "last_evaluations": 0, "total_evaluations": 0,
+            "last_status": None, "failures": 0,
         }
 
     def _finish(self, step_size: float, evaluations: int, status: str) -> None:

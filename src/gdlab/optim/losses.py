@@ -2,7 +2,8 @@
 
 Every loss function takes the model output ``out`` (N, K) and the targets ``y`` and returns the
 mean over the N samples of the per-sample loss, a 0-dim tensor, so that the engine can weight
-chunk means by ``chunk_size / N`` and obtain the exact full-batch mean.
+chunk means by ``chunk_size / N`` and obtain the exact full-batch mean; with ``reduction="none"``
+it returns the N per-sample losses (stacked copies take each copy's mean of them).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import torch.nn.functional as F
 
 from gdlab.errors import GdlabError, unknown_name
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (out, y) -> mean loss
 
 
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean over samples of ``0.5 * ||out_i - y_i||^2`` (summed over the outputs).
 
     out: (N, K) (or (N, ...), every non-batch dimension is summed); y: same shape as out, or
@@ -28,36 +29,33 @@ def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if y.dim() == 1 and out.dim() == 2 and out.shape[1] == 1:
         y = y.unsqueeze(1)
     if out.shape != y.shape:
-        raise GdlabError(
-            f"mse loss: model output has shape {tuple(out.shape)} but targets have shape "
-            f"{tuple(y.shape)}; the model's output size must equal the target dimension"
-        )
+        raise GdlabError(f"mse loss: model output has shape {tuple(out.shape)} but targets have shape "
+                         f"{tuple(y.shape)}; the model's output size must equal the target dimension")
     diff = out - y.to(out.dtype)
-    return 0.5 * diff.square().reshape(diff.shape[0], -1).sum(dim=1).mean()
+    per_sample = 0.5 * diff.square().reshape(diff.shape[0], -1).sum(dim=1)
+    return per_sample.mean() if reduction == "mean" else per_sample
 
 
-def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean over samples of the softmax cross-entropy.
 
     out: (N, C) logits; y: (N,) integer class labels in [0, C).
     """
     if y.dim() == 2 and y.shape[1] == 1:
         y = y.reshape(-1)
-    return F.cross_entropy(out, y.long())
+    return F.cross_entropy(out, y.long(), reduction=reduction)
 
 
-def bce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def bce(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean over samples of the binary cross-entropy on logits.
 
     out: (N, 1) or (N,) logits; y: (N,) labels in {0, 1}, integer or floating point.
     """
     logits = out.reshape(out.shape[0], -1)
     if logits.shape[1] != 1:
-        raise GdlabError(
-            f"bce loss needs one output per sample, got model output {tuple(out.shape)}; "
-            "use cross_entropy for more than two classes"
-        )
-    return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.reshape(-1).to(out.dtype))
+        raise GdlabError(f"bce loss needs one output per sample, got model output {tuple(out.shape)}; "
+                         "use cross_entropy for more than two classes")
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.reshape(-1).to(out.dtype), reduction=reduction)
 
 
 _LOSS_FNS: dict[str, LossFn] = {"mse": mse, "cross_entropy": cross_entropy, "bce": bce}
@@ -77,9 +75,7 @@ def get_loss(name: str) -> LossFn:
         raise unknown_name("loss", name, LOSSES) from None
 
 
-def loss_output_dim(
-    name: str, task_type: str, num_classes: int | None, target_dim: int | None
-) -> int:
+def loss_output_dim(name: str, task_type: str, num_classes: int | None, target_dim: int | None) -> int:
     """Number of model outputs that loss `name` needs for the task.
 
     cross_entropy -> num_classes (classification); bce -> 1 (classification with 2 classes);
@@ -88,29 +84,21 @@ def loss_output_dim(
     if name not in LOSSES:
         raise unknown_name("loss", name, LOSSES)
     if task_type not in ("classification", "regression"):
-        raise GdlabError(
-            f"task_type must be 'classification' or 'regression', got '{task_type}'"
-        )
+        raise GdlabError(f"task_type must be 'classification' or 'regression', got '{task_type}'")
     if name == "mse":
         if task_type == "classification":
-            raise GdlabError(
-                "loss 'mse' does not fit a classification task (integer labels); "
-                "use loss 'cross_entropy' (or 'bce' for 2 classes)"
-            )
+            raise GdlabError("loss 'mse' does not fit a classification task (integer labels); "
+                             "use loss 'cross_entropy' (or 'bce' for 2 classes)")
         if target_dim is None or target_dim < 1:
             raise GdlabError(f"loss 'mse' needs the regression target dimension, got {target_dim}")
         return int(target_dim)
     if task_type == "regression":
-        raise GdlabError(
-            f"loss '{name}' needs a classification task; use loss 'mse' for regression"
-        )
+        raise GdlabError(f"loss '{name}' needs a classification task; use loss 'mse' for regression")
     if num_classes is None or num_classes < 2:
         raise GdlabError(f"loss '{name}' needs at least 2 classes, got num_classes={num_classes}")
     if name == "bce":
         if num_classes != 2:
-            raise GdlabError(
-                f"loss 'bce' needs exactly 2 classes, the task has {num_classes}; "
-                "use loss 'cross_entropy'"
-            )
+            raise GdlabError(f"loss 'bce' needs exactly 2 classes, the task has {num_classes}; "
+                             "use loss 'cross_entropy'")
         return 1
     return int(num_classes)

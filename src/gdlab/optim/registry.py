@@ -35,50 +35,22 @@ class OptimizerSpec:
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
-        OptimizerSpec(
-            "gd",
-            "plain gradient descent, theta -= lr * g (torch SGD, momentum 0)",
-            torch.optim.SGD,
-            {"weight_decay": 0.0},
-            {"momentum": 0.0},
-        ),
-        OptimizerSpec(
-            "momentum",
-            "heavy-ball momentum (torch SGD, momentum 0.9)",
-            torch.optim.SGD,
-            {"momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0},
-        ),
-        OptimizerSpec(
-            "nesterov",
-            "Nesterov momentum (torch SGD, momentum 0.9, nesterov=True)",
-            torch.optim.SGD,
-            {"momentum": 0.9, "weight_decay": 0.0},
-            {"nesterov": True},
-        ),
-        OptimizerSpec(
-            "adam",
-            "Adam (torch Adam, betas (0.9, 0.999), eps 1e-8)",
-            torch.optim.Adam,
-            {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
-        ),
-        OptimizerSpec(
-            "adamw",
-            "Adam with decoupled weight decay (torch AdamW, weight_decay 0.01)",
-            torch.optim.AdamW,
-            {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False},
-        ),
-        OptimizerSpec(
-            "rmsprop",
-            "RMSprop (torch RMSprop, alpha 0.99, eps 1e-8, momentum 0)",
-            torch.optim.RMSprop,
-            {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
-        ),
-        OptimizerSpec(
-            "adagrad",
-            "Adagrad (torch Adagrad, eps 1e-10)",
-            torch.optim.Adagrad,
-            {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0},
-        ),
+        OptimizerSpec("gd", "plain gradient descent, theta -= lr * g (torch SGD, momentum 0)",
+                      torch.optim.SGD, {"weight_decay": 0.0}, {"momentum": 0.0}),
+        OptimizerSpec("momentum", "heavy-ball momentum (torch SGD, momentum 0.9)",
+                      torch.optim.SGD, {"momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0}),
+        OptimizerSpec("nesterov", "Nesterov momentum (torch SGD, momentum 0.9, nesterov=True)",
+                      torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0.0}, {"nesterov": True}),
+        OptimizerSpec("adam", "Adam (torch Adam, betas (0.9, 0.999), eps 1e-8)", torch.optim.Adam,
+                      {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}),
+        OptimizerSpec("adamw", "Adam with decoupled weight decay (torch AdamW, weight_decay 0.01)",
+                      torch.optim.AdamW,
+                      {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False}),
+        OptimizerSpec("rmsprop", "RMSprop (torch RMSprop, alpha 0.99, eps 1e-8, momentum 0)",
+                      torch.optim.RMSprop,
+                      {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0}),
+        OptimizerSpec("adagrad", "Adagrad (torch Adagrad, eps 1e-10)", torch.optim.Adagrad,
+                      {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0}),
         OptimizerSpec(
             "linesearch",
             "gradient descent with Armijo backtracking line search on the full-batch loss; "
@@ -91,38 +63,23 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-def _number(field_name: str, value: Any, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+def _number(field_name: str, value: Any, rule: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a float if it is a finite number for which ``ok`` holds (``rule`` says which)."""
+    valid = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+    if not (valid and ok(float(value))):
         raise GdlabError(f"{field_name} must be a finite number {rule}, got {value!r}")
     return float(value)
 
 
-def _at_least(field_name: str, value: Any, low: float, rule: str) -> float:
-    v = _number(field_name, value, rule)
-    if v < low:
-        raise GdlabError(f"{field_name} must be a finite number {rule}, got {value!r}")
-    return v
+def _ranged(rule: str, ok: Callable[[float], bool]) -> Callable[[str, Any], float]:
+    return lambda field_name, value: _number(field_name, value, rule, ok)
 
 
-def _above(field_name: str, value: Any, low: float, rule: str) -> float:
-    v = _number(field_name, value, rule)
-    if not v > low:
-        raise GdlabError(f"{field_name} must be a finite number {rule}, got {value!r}")
-    return v
-
-
-def _unit(field_name: str, value: Any) -> float:
-    v = _number(field_name, value, "in [0, 1)")
-    if not 0.0 <= v < 1.0:
-        raise GdlabError(f"{field_name} must be a finite number in [0, 1), got {value!r}")
-    return v
-
-
-def _open_unit(field_name: str, value: Any) -> float:
-    v = _number(field_name, value, "in (0, 1)")
-    if not 0.0 < v < 1.0:
-        raise GdlabError(f"{field_name} must be a finite number in (0, 1), got {value!r}")
-    return v
+_unit = _ranged("in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_open_unit = _ranged("in (0, 1)", lambda v: 0.0 < v < 1.0)
+_positive = _ranged("> 0", lambda v: v > 0.0)
+_non_negative = _ranged(">= 0", lambda v: v >= 0.0)
+_cap = _ranged("> 0 (or null for no cap)", lambda v: v > 0.0)
 
 
 def _flag(field_name: str, value: Any) -> bool:
@@ -143,26 +100,12 @@ def _max_backtracks(field_name: str, value: Any) -> int:
     return int(value)
 
 
-def _optional_positive(field_name: str, value: Any) -> float | None:
-    return None if value is None else _above(field_name, value, 0.0, "> 0 (or null for no cap)")
-
-
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
-    "momentum": _unit,
-    "dampening": _unit,
-    "alpha": _unit,
-    "betas": _betas,
-    "eps": lambda f, v: _above(f, v, 0.0, "> 0"),
-    "weight_decay": lambda f, v: _at_least(f, v, 0.0, ">= 0"),
-    "lr_decay": lambda f, v: _at_least(f, v, 0.0, ">= 0"),
-    "initial_accumulator_value": lambda f, v: _at_least(f, v, 0.0, ">= 0"),
-    "amsgrad": _flag,
-    "centered": _flag,
-    "c": _open_unit,
-    "shrink": _open_unit,
-    "grow": lambda f, v: _at_least(f, v, 1.0, ">= 1"),
-    "max_backtracks": _max_backtracks,
-    "max_lr": _optional_positive,
+    "momentum": _unit, "dampening": _unit, "alpha": _unit, "betas": _betas, "eps": _positive,
+    "weight_decay": _non_negative, "lr_decay": _non_negative, "initial_accumulator_value": _non_negative,
+    "amsgrad": _flag, "centered": _flag, "c": _open_unit, "shrink": _open_unit,
+    "grow": _ranged(">= 1", lambda v: v >= 1.0), "max_backtracks": _max_backtracks,
+    "max_lr": lambda field_name, value: None if value is None else _cap(field_name, value),
 }
 
 
@@ -182,7 +125,7 @@ def validate_hyperparameters(name: str, lr: float, **hparams: Any) -> dict[str, 
     """Check lr and `hparams` for optimizer `name`; return all hyper-parameters, defaults filled
     in and normalised (floats, betas as a tuple). Raises GdlabError naming the field and range."""
     spec = _spec(name)
-    lr = _above("lr", lr, 0.0, "> 0")
+    lr = _positive("lr", lr)
     for key in hparams:
         if key not in spec.defaults:
             allowed = ", ".join(spec.defaults) or "none"

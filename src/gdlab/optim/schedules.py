@@ -20,12 +20,7 @@ from numbers import Integral, Real
 
 import torch
 from torch.optim.lr_scheduler import (
-    CosineAnnealingLR,
-    ExponentialLR,
-    LinearLR,
-    LRScheduler,
-    SequentialLR,
-    StepLR,
+    CosineAnnealingLR, ExponentialLR, LinearLR, LRScheduler, SequentialLR, StepLR,
 )
 
 from gdlab.errors import GdlabError, unknown_name
@@ -45,13 +40,8 @@ SCHEDULES: dict[str, str] = {
     ),
 }
 
-_SYNTAX = {
-    "constant": "constant",
-    "step": "step:EVERY:GAMMA",
-    "exp": "exp:GAMMA",
-    "cosine": "cosine[:T[:MIN_FACTOR]]",
-    "warmup": "warmup:W[+REST]",
-}
+_SYNTAX = {"constant": "constant", "step": "step:EVERY:GAMMA", "exp": "exp:GAMMA",
+           "cosine": "cosine[:T[:MIN_FACTOR]]", "warmup": "warmup:W[+REST]"}
 _ARITY = {"constant": (0, 0), "step": (2, 2), "exp": (1, 1), "cosine": (0, 2), "warmup": (1, 1)}
 
 Phase = tuple[str, tuple[float, ...]]
@@ -61,9 +51,8 @@ def _number(token: str, text: str) -> float:
     try:
         return float(token)
     except ValueError:
-        raise GdlabError(
-            f"schedule '{text}': '{token}' is not a number; see `gdlab list` for the schedule syntax"
-        ) from None
+        raise GdlabError(f"schedule '{text}': '{token}' is not a number; "
+                         "see `gdlab list` for the schedule syntax") from None
 
 
 def _check_integer(value: float, what: str, text: str) -> None:
@@ -84,10 +73,8 @@ def _parse_phase(part: str, text: str) -> Phase:
     low, high = _ARITY[name]
     if not low <= len(tokens) <= high:
         count = f"{low}" if low == high else f"{low} to {high}"
-        raise GdlabError(
-            f"schedule '{text}': {name} takes {count} value{'' if high == 1 else 's'}, "
-            f"got {len(tokens)}; write {_SYNTAX[name]}"
-        )
+        raise GdlabError(f"schedule '{text}': {name} takes {count} value{'' if high == 1 else 's'}, "
+                         f"got {len(tokens)}; write {_SYNTAX[name]}")
     values = tuple(_number(token, text) for token in tokens)
     if name == "step":
         _check_integer(values[0], "EVERY", text)
@@ -112,9 +99,8 @@ def parse_schedule(text: str) -> list[Phase]:
     bad syntax or values.
     """
     if not isinstance(text, str) or not text.strip():
-        raise GdlabError(
-            f"schedule must be a non-empty string such as 'cosine' or 'warmup:10+exp:0.99', got {text!r}"
-        )
+        raise GdlabError("schedule must be a non-empty string such as 'cosine' or 'warmup:10+exp:0.99', "
+                         f"got {text!r}")
     parts = [part.strip() for part in text.strip().split("+")]
     if len(parts) > 2:
         raise GdlabError(f"schedule '{text}': use at most one '+', as in warmup:W+REST")
@@ -133,18 +119,13 @@ def _base_lr_for_eta_min(optimizer: torch.optim.Optimizer, min_factor: float, te
     lrs = {float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups}
     if len(lrs) > 1 and min_factor > 0:
         # CosineAnnealingLR takes one eta_min for all groups, so MIN_FACTOR*lr has no single value.
-        raise GdlabError(
-            f"schedule '{text}': MIN_FACTOR > 0 needs one lr for all parameter groups; use MIN_FACTOR 0"
-        )
+        raise GdlabError(f"schedule '{text}': MIN_FACTOR > 0 needs one lr for all parameter groups; "
+                         "use MIN_FACTOR 0")
     return lrs.pop()
 
 
 def _phase_scheduler(
-    phase: Phase,
-    optimizer: torch.optim.Optimizer,
-    horizon: int | None,
-    text: str,
-    after_warmup: int = 0,
+    phase: Phase, optimizer: torch.optim.Optimizer, horizon: int | None, text: str, after_warmup: int = 0
 ) -> LRScheduler | None:
     name, values = phase
     if name == "constant":
@@ -161,10 +142,8 @@ def _phase_scheduler(
         else:
             t_max = horizon - after_warmup
             if t_max < 1:
-                raise GdlabError(
-                    f"schedule '{text}': the step budget {horizon} leaves no steps for cosine after "
-                    f"warmup:{after_warmup}; give cosine:T or a larger budget"
-                )
+                raise GdlabError(f"schedule '{text}': the step budget {horizon} leaves no steps for cosine "
+                                 f"after warmup:{after_warmup}; give cosine:T or a larger budget")
         min_factor = values[1] if len(values) == 2 else 0.0
         eta_min = min_factor * _base_lr_for_eta_min(optimizer, min_factor, text)
         return CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min)
@@ -189,10 +168,8 @@ def build_scheduler(
     ):
         raise GdlabError(f"step budget for schedule '{text}' must be an integer >= 1, got {total_steps!r}")
     if isinstance(optimizer, ArmijoLineSearch):
-        raise GdlabError(
-            f"schedule '{text}' does not apply to the line search, which picks its own step; "
-            "drop the schedule or choose another optimizer"
-        )
+        raise GdlabError(f"schedule '{text}' does not apply to the line search, which picks its own step; "
+                         "drop the schedule or choose another optimizer")
     if phases[0][0] != "warmup":
         return _phase_scheduler(phases[0], optimizer, total_steps, text)
     warmup = int(phases[0][1][0])
@@ -205,9 +182,7 @@ def build_scheduler(
     return SequentialLR(optimizer, schedulers=[ramp, rest], milestones=[warmup])
 
 
-def schedule_lrs(
-    text: str | None, base_lr: float, steps: int, total_steps: int | None = None
-) -> list[float]:
+def schedule_lrs(text: str | None, base_lr: float, steps: int, total_steps: int | None = None) -> list[float]:
     """The lr used at steps 0..steps-1 under schedule ``text`` starting from ``base_lr``.
 
     Built by stepping a real scheduler on a one-parameter SGD optimizer. ``total_steps`` is the

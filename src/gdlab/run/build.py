@@ -19,13 +19,13 @@ from gdlab.data.tasks import TASKS
 from gdlab.diagnostics.health import HealthThresholds
 from gdlab.diagnostics.tracking import HealthCallback, SharpnessCallback
 from gdlab.distributed import Shard, broadcast_parameters, make_shard
-from gdlab.engine.calibrate import ChunkChoice
-from gdlab.engine.gradient import LossFn, chunk_choice
+from gdlab.engine.calibrate import ChunkChoice, chunk_choice
 from gdlab.engine.loop import Callback, StopRules
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
 from gdlab.optim import build_optimizer, get_loss, loss_output_dim, regularization_term
+from gdlab.optim.losses import LossFn
 from gdlab.optim.schedules import build_scheduler
 
 
@@ -127,10 +127,8 @@ def load_data(config: RunConfig) -> Dataset:
         return data.to(dtype=dtype)
     if config.task not in TASKS:
         raise unknown_name("task", config.task, [*TASKS, *PRESETS])
-    return load_task(
-        config.task, seed=config.data_seed_value, n_samples=config.n_samples,
-        test_fraction=config.test_fraction, standardize=config.standardize, dtype=dtype,
-    )
+    return load_task(config.task, seed=config.data_seed_value, n_samples=config.n_samples,
+                     test_fraction=config.test_fraction, standardize=config.standardize, dtype=dtype)
 
 
 def _check_model_io(model: nn.Module, data: Dataset, output_dim: int, spec: str) -> None:
@@ -182,10 +180,8 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
     spec = config.model or (task.default_model if task else "linear")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        built = build_model(
-            model if model is not None else spec, data.input_shape, output_dim,
-            seed=config.seed, image_shape=data.image_shape, dtype=DTYPES[config.dtype],
-        )
+        built = build_model(model if model is not None else spec, data.input_shape, output_dim,
+                            seed=config.seed, image_shape=data.image_shape, dtype=DTYPES[config.dtype])
     _check_model_io(built, data, output_dim, spec if model is None else type(model).__name__)
     built = built.to(device)
     data = data.to(device)
@@ -196,29 +192,20 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
                 "sharpness tracking needs the whole training set in one process; drop "
                 "--sharpness-every for a multi-process run (or run gdlab sharpness on the saved run)"
             )
-        data = replace(
-            data,
-            X_train=data.X_train[shard.train_start:shard.train_stop],
-            y_train=data.y_train[shard.train_start:shard.train_stop],
-            X_test=data.X_test[shard.test_start:shard.test_stop],
-            y_test=data.y_test[shard.test_start:shard.test_stop],
-        )
+        data = replace(data, X_train=data.X_train[shard.train_start:shard.train_stop],
+                       y_train=data.y_train[shard.train_start:shard.train_stop],
+                       X_test=data.X_test[shard.test_start:shard.test_stop],
+                       y_test=data.y_test[shard.test_start:shard.test_stop])
         broadcast_parameters(built)
-    optimizer = build_optimizer(
-        config.optimizer, [p for p in built.parameters() if p.requires_grad], config.lr,
-        **config.optimizer_params,
-    )
+    optimizer = build_optimizer(config.optimizer, [p for p in built.parameters() if p.requires_grad],
+                                config.lr, **config.optimizer_params)
     n_train = shard.n_train if shard else data.n_train
-    schedule = make_schedule(
-        config.regime, n_train, batch_size=config.batch_size, last_batch=config.last_batch,
-        seed=config.seed + 1,
-    )
+    schedule = make_schedule(config.regime, n_train, batch_size=config.batch_size,
+                             last_batch=config.last_batch, seed=config.seed + 1)
     # Calibration times candidate chunk sizes; a deterministic run must not depend on timing.
-    chunk_info = chunk_choice(
-        built, loss_fn, data.X_train, data.y_train, chunk_size=config.chunk_size,
-        memory_budget_mb=config.memory_budget_mb, autocast=precision_dtypes(config)[0],
-        calibrate=not config.deterministic,
-    )
+    chunk_info = chunk_choice(built, loss_fn, data.X_train, data.y_train, chunk_size=config.chunk_size,
+                              memory_budget_mb=config.memory_budget_mb, autocast=precision_dtypes(config)[0],
+                              calibrate=not config.deterministic)
     chunk = chunk_info.size
     if config.layer_mode == "train" and any(isinstance(m, _BatchNorm) for m in built.modules()):
         rest = schedule.n % schedule.batch_size if schedule.last_batch == "keep" else 0

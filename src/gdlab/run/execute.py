@@ -20,8 +20,7 @@ from gdlab.data import Dataset
 from gdlab.distributed import all_reduce_sum
 from gdlab.engine.calibrate import ChunkChoice
 from gdlab.engine.choose import StepperChoice, choose_stepper, compiled_blocker
-from gdlab.engine.functional import FunctionalObjective
-from gdlab.engine.gradient import FullBatchObjective
+from gdlab.engine.objective import FullBatchObjective, FunctionalObjective
 from gdlab.engine.loop import Callback, CheckpointHook, GuardOptions, train_loop
 from gdlab.engine.steppers.compiled import CompiledStepper, StepFunctions, block_length
 from gdlab.engine.steppers.eager import EagerStepper
@@ -32,15 +31,9 @@ from gdlab.run.build import PreparedRun, diagnostic_callbacks, precision_dtypes,
 from gdlab.run.record import RunResult, make_result
 
 
-def run(
-    config: RunConfig,
-    callbacks: Sequence[Callback] = (),
-    model: nn.Module | None = None,
-    prepared: PreparedRun | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: dict[str, Any] | None = None,
-    data: Dataset | None = None,
-) -> RunResult:
+def run(config: RunConfig, callbacks: Sequence[Callback] = (), model: nn.Module | None = None,
+        prepared: PreparedRun | None = None, checkpoint_dir: str | Path | None = None,
+        resume: dict[str, Any] | None = None, data: Dataset | None = None) -> RunResult:
     """Train as ``config`` says and return the result (record parts plus the trained model).
 
     ``prepared`` (from :func:`prepare` on the same config) skips building the run again. The same
@@ -90,9 +83,8 @@ def run(
     return make_result(config, prepared, outcome, choice.to_record())
 
 
-def plan_stepper(
-    config: RunConfig, prepared: PreparedRun, callbacks: Sequence[Callback], *, resume: bool, checkpoints: bool
-) -> tuple[StepFunctions | None, StepperChoice]:
+def plan_stepper(config: RunConfig, prepared: PreparedRun, callbacks: Sequence[Callback], *, resume: bool,
+                 checkpoints: bool) -> tuple[StepFunctions | None, StepperChoice]:
     """The compiled step functions or None (eager) for this run, and why (``config.compile``;
     see :func:`gdlab.engine.choose.choose_stepper`)."""
     schedule = config.schedule if config.schedule not in (None, "constant") else None
@@ -124,16 +116,11 @@ def lr_sequence(config: RunConfig, steps: int | None) -> list[float] | None:
 
 
 def _checkpoint_payload(config: RunConfig, prepared: PreparedRun, loop_state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "config": config.to_dict(),
-        "model": prepared.model.state_dict(),
-        "optimizer": prepared.optimizer.state_dict(),
-        "scheduler": prepared.scheduler.state_dict() if prepared.scheduler is not None else None,
-        "schedule": prepared.schedule.state_dict(),
-        "rng": rng_state(),
-        "loop": loop_state,
-        "chunk_size": prepared.chunk_size,
-    }
+    return {"config": config.to_dict(), "model": prepared.model.state_dict(),
+            "optimizer": prepared.optimizer.state_dict(),
+            "scheduler": prepared.scheduler.state_dict() if prepared.scheduler is not None else None,
+            "schedule": prepared.schedule.state_dict(), "rng": rng_state(), "loop": loop_state,
+            "chunk_size": prepared.chunk_size}
 
 
 def restore(prepared: PreparedRun, payload: dict[str, Any]) -> None:

@@ -59,9 +59,7 @@ def load_run(run_dir: str | Path) -> PreparedRun:
     record_path, params_path = run_dir / "run.json", run_dir / "params.pt"
     for path in (record_path, params_path):
         if not path.is_file():
-            raise GdlabError(
-                f"'{path}' is missing; give a directory written by 'gdlab train --out DIR'"
-            )
+            raise GdlabError(f"'{path}' is missing; give a directory written by 'gdlab train --out DIR'")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         config_data = record["config"]

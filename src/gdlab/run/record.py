@@ -35,14 +35,10 @@ class RunResult:
     def to_record(self) -> dict[str, Any]:
         """The run record as plain JSON-able data; non-finite numbers become null with an event."""
         events = list(self.events)
-        record = {
-            "config": self.config,
-            "environment": self.environment,
-            "final": _json_safe(self.final, "final", events),
-            "history": _json_safe(self.history, "history", events),
-            "events": events,
-            "diagnostics": _json_safe(self.diagnostics, "diagnostics", events),
-        }
+        record = {"config": self.config, "environment": self.environment,
+                  "final": _json_safe(self.final, "final", events),
+                  "history": _json_safe(self.history, "history", events), "events": events,
+                  "diagnostics": _json_safe(self.diagnostics, "diagnostics", events)}
         return record
 
 
@@ -92,19 +88,14 @@ def make_result(config: RunConfig, prepared: PreparedRun, outcome: LoopOutcome, 
     diagnostics) and the trained model, from a finished loop; ``engine`` says how it ran."""
     net = prepared.model
     resolved = config.to_dict()
-    resolved.update(
-        model=prepared.model_spec, loss=prepared.loss_name,
-        batch_size=prepared.schedule.batch_size, chunk_size=prepared.chunk_size,
-        eval_every=prepared.eval_every, log_every=prepared.log_every,
-    )
+    resolved.update(model=prepared.model_spec, loss=prepared.loss_name,
+                    batch_size=prepared.schedule.batch_size, chunk_size=prepared.chunk_size,
+                    eval_every=prepared.eval_every, log_every=prepared.log_every)
     final = dict(outcome.final)
     shard = prepared.shard
-    final.update(
-        n_train=shard.n_train if shard else prepared.data.n_train,
-        n_test=shard.n_test if shard else prepared.data.n_test,
-        parameters=sum(p.numel() for p in net.parameters()),
-        engine=engine,
-    )
+    final.update(n_train=shard.n_train if shard else prepared.data.n_train,
+                 n_test=shard.n_test if shard else prepared.data.n_test,
+                 parameters=sum(p.numel() for p in net.parameters()), engine=engine)
     return RunResult(
         config=resolved, environment=environment_info(config, prepared.device, prepared.chunk), final=final,
         history=outcome.history, events=outcome.events, diagnostics=outcome.diagnostics, model=net,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdlab.engine.functional import FunctionalObjective
+from gdlab.engine.objective import FunctionalObjective
 from gdlab.engine.steppers import Block, Clip, Stepper
 from gdlab.optim.functional import FunctionalRule, clip_functional, global_norm
 

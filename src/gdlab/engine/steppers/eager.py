@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gdlab.distributed import Shard
-from gdlab.engine.gradient import FullBatchObjective, full_batch_loss, full_batch_loss_and_grad, gradient_norm
+from gdlab.engine.objective import FullBatchObjective, full_batch_loss, full_batch_loss_and_grad, gradient_norm
 from gdlab.engine.regimes import SampleSchedule
 from gdlab.engine.steppers import Block, Clip, Stepper
 from gdlab.optim.clipping import clip_gradients
