@@ -210,9 +210,7 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
 def _print_run(console: Console, command: str, result: Any, record: dict[str, Any]) -> None:
     cfg = result.config
     console.print(f"gdlab {command}: {cfg['data'] or cfg['task']}, model {cfg['model']}, loss {cfg['loss']}")
-    console.print(_summary_table(
-        [(f"{cfg['optimizer']} lr={cfg['lr']:g} {cfg['regime']}", record["final"])]
-    ))
+    console.print(_summary_table([(f"{cfg['optimizer']} lr={cfg['lr']:g} {cfg['regime']}", record["final"])]))
 
 
 def _print_events(console: Console, events: list[dict[str, Any]]) -> None:
@@ -354,12 +352,9 @@ def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
             cells = [f"{row['rank']}. {row['optimizer']}", _fmt(row["best_lr"], ".2g"), loss_text]
             if with_acc:
                 cells.append("-" if acc["mean"] is None else f"{100 * acc['mean']:.1f}%")
-            cells += [
-                "never" if ttt["median"] is None else f"{ttt['median']:.2g}s",
-                "never" if ett["median"] is None else f"{ett['median']:.3g}",
-                f"{ttt['reached']}/{ttt['runs']}",
-                f"{100 * row['diverged_fraction']:.0f}%",
-            ]
+            cells += ["never" if ttt["median"] is None else f"{ttt['median']:.2g}s",
+                      "never" if ett["median"] is None else f"{ett['median']:.3g}",
+                      f"{ttt['reached']}/{ttt['runs']}", f"{100 * row['diverged_fraction']:.0f}%"]
             t.add_row(*cells)
         console.print(t)
 
@@ -445,10 +440,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _make_study_progress(console: Console, quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=quiet,
-    )
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=quiet)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

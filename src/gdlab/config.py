@@ -186,9 +186,7 @@ class RunConfig(BaseModel):
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Build and validate a config from a mapping; unknown keys are errors (with suggestions)."""
         if not isinstance(data, dict):
-            raise GdlabError(
-                f"a run config must be a mapping of field: value, got {type(data).__name__}"
-            )
+            raise GdlabError(f"a run config must be a mapping of field: value, got {type(data).__name__}")
         # a YAML key need not be a string (1: 2); as a keyword it must be, and is unknown anyway
         return cls(**{str(key): value for key, value in data.items()})
 
@@ -216,11 +214,9 @@ class RunConfig(BaseModel):
 
 _OPS = {"ge": ">=", "gt": ">", "lt": "<"}  # the bounds a field may declare, as messages write them
 _BOUNDS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than": "lt"}  # pydantic's names
-_PROBLEMS = {
-    "int_type": "must be an integer", "float_type": "must be a finite number",
-    "finite_number": "must be a finite number", "bool_type": "must be true or false",
-    "string_type": "must be a non-empty string", "string_too_short": "must be a non-empty string",
-}
+_PROBLEMS = {"int_type": "must be an integer", "float_type": "must be a finite number",
+             "finite_number": "must be a finite number", "bool_type": "must be true or false",
+             "string_type": "must be a non-empty string", "string_too_short": "must be a non-empty string"}
 _short = reprlib.Repr()  # a value in a message: bounded, so the message stays one short line
 _short.maxstring = _short.maxother = 60
 

@@ -60,10 +60,7 @@ class Dataset:
             return t.to(device) if device is not None else t
 
         return replace(
-            self,
-            X_train=move(self.X_train),
-            y_train=move(self.y_train),
-            X_test=move(self.X_test),
+            self, X_train=move(self.X_train), y_train=move(self.y_train), X_test=move(self.X_test),
             y_test=move(self.y_test),
         )
 

@@ -78,32 +78,22 @@ LOCAL_DATA_SETS: dict[str, LocalDataSet] = {
     local.name: local
     for local in (
         LocalDataSet(
-            name="mnist",
-            title="MNIST",
-            folders=("mnist", "MNIST/raw", "MNIST", ""),
-            files=idx.MNIST_FILES,
-            source=idx.MNIST_SOURCE,
-            locate=_locate_mnist,
-            read=partial(idx.load_mnist_dir, fashion=False),
+            name="mnist", title="MNIST", folders=("mnist", "MNIST/raw", "MNIST", ""),
+            files=idx.MNIST_FILES, source=idx.MNIST_SOURCE,
+            locate=_locate_mnist, read=partial(idx.load_mnist_dir, fashion=False),
         ),
         LocalDataSet(
-            name="fashion-mnist",
-            title="Fashion-MNIST",
+            name="fashion-mnist", title="Fashion-MNIST",
             folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
-            files=idx.MNIST_FILES,
-            source=idx.FASHION_MNIST_SOURCE,
-            locate=_locate_mnist,
-            read=partial(idx.load_mnist_dir, fashion=True),
+            files=idx.MNIST_FILES, source=idx.FASHION_MNIST_SOURCE,
+            locate=_locate_mnist, read=partial(idx.load_mnist_dir, fashion=True),
         ),
         LocalDataSet(
-            name="cifar10",
-            title="CIFAR-10",
-            folders=("", "cifar10", "cifar-10"),
+            name="cifar10", title="CIFAR-10", folders=("", "cifar10", "cifar-10"),
             files=cifar10.CIFAR10_FILES,
-            source="www.cs.toronto.edu/~kriz/cifar.html (the binary version, "
-            "cifar-10-binary.tar.gz, extracted)",
-            locate=cifar10.find_cifar10_files,
-            read=cifar10.load_cifar10_dir,
+            source="www.cs.toronto.edu/~kriz/cifar.html (the binary version, cifar-10-binary.tar.gz, "
+            "extracted)",
+            locate=cifar10.find_cifar10_files, read=cifar10.load_cifar10_dir,
         ),
     )
 }
@@ -145,13 +135,8 @@ def _data_root(local: LocalDataSet, explicit: str | os.PathLike | None, who: str
 
 
 def load_local_data_set(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    seed: int = 0,
-    n_samples: int | None = None,
-    standardize: bool = False,
-    who: str | None = None,
+    name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0, n_samples: int | None = None,
+    standardize: bool = False, who: str | None = None,
 ) -> Dataset:
     """Load the local data set `name` (mnist, fashion-mnist, cifar10) from the first of its
     folders under the data directory that holds all its files (see the module docstring).
@@ -173,40 +158,20 @@ def load_local_data_set(
 
 
 def _preset(name: str, data_set: str, description: str, model: str) -> Preset:
-    return Preset(
-        name=name,
-        description=description,
-        default_model=model,
-        default_loss="cross_entropy",
-        loader=partial(load_local_data_set, data_set, who=f"preset '{name}'"),
-        data_set=data_set,
-    )
+    loader = partial(load_local_data_set, data_set, who=f"preset '{name}'")
+    return Preset(name=name, description=description, default_model=model, default_loss="cross_entropy",
+                  loader=loader, data_set=data_set)
 
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        _preset(
-            "mnist-mlp",
-            "mnist",
-            "MNIST digits from local IDX files (60000 train / 10000 test, 28x28, 10 classes), "
-            "MLP 784-256-10",
-            "mlp:784-256-10:relu",
-        ),
-        _preset(
-            "fashion-cnn",
-            "fashion-mnist",
-            "Fashion-MNIST from local IDX files (60000 train / 10000 test, 28x28, 10 classes), "
-            "LeNet CNN",
-            "cnn:lenet",
-        ),
-        _preset(
-            "cifar10-resnet",
-            "cifar10",
-            "CIFAR-10 from the local binary version (50000 train / 10000 test, 3x32x32, "
-            "10 classes), small ResNet",
-            "cnn:resnet",
-        ),
+        _preset("mnist-mlp", "mnist", "MNIST digits from local IDX files (60000 train / 10000 test, 28x28, "
+                "10 classes), MLP 784-256-10", "mlp:784-256-10:relu"),
+        _preset("fashion-cnn", "fashion-mnist", "Fashion-MNIST from local IDX files (60000 train / 10000 "
+                "test, 28x28, 10 classes), LeNet CNN", "cnn:lenet"),
+        _preset("cifar10-resnet", "cifar10", "CIFAR-10 from the local binary version (50000 train / 10000 "
+                "test, 3x32x32, 10 classes), small ResNet", "cnn:resnet"),
     )
 }
 
@@ -217,11 +182,7 @@ def list_presets() -> list[Preset]:
 
 
 def load_preset(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    seed: int = 0,
-    n_samples: int | None = None,
+    name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0, n_samples: int | None = None,
     standardize: bool = False,
 ) -> Dataset:
     """Load the data of preset `name` from the data directory (`data_dir`, else

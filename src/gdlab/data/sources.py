@@ -89,17 +89,9 @@ def _source_kind(path: Path, text: str) -> tuple[str, Path]:
 
 
 def load_data_source(
-    data: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    standardize: bool | None = None,
-    task_type: str | None = None,
-    n_samples: int | None = None,
-    mmap: bool = False,
-    label_column: str | int = -1,
-    name: str | None = None,
+    data: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, seed: int = 0,
+    test_fraction: float = 0.2, standardize: bool | None = None, task_type: str | None = None,
+    n_samples: int | None = None, mmap: bool = False, label_column: str | int = -1, name: str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load the data that `data` names (what `--data` accepts), dispatching on what it is.
@@ -196,14 +188,8 @@ def _targets(y: torch.Tensor, task_type: str, what: str) -> torch.Tensor:
 
 
 def dataset_from_tensors(
-    X: object,
-    y: object,
-    X_test: object = None,
-    y_test: object = None,
-    *,
-    task_type: str | None = None,
-    num_classes: int | None = None,
-    name: str = "tensors",
+    X: object, y: object, X_test: object = None, y_test: object = None, *, task_type: str | None = None,
+    num_classes: int | None = None, name: str = "tensors",
 ) -> Dataset:
     """A validated Dataset from tensors or arrays (see the module docstring). ``task_type``
     None: integer or boolean y means classification, floating y regression."""
@@ -217,13 +203,12 @@ def dataset_from_tensors(
     if X_test is None:
         X_e, y_e = X_t[:0], y_t[:0]
     else:
-        X_e, y_e = _inputs(_tensor(X_test, "X_test"), "X_test"), _targets(_tensor(y_test, "y_test"), task_type,
-                                                                         "y_test")
+        X_e = _inputs(_tensor(X_test, "X_test"), "X_test")
+        y_e = _targets(_tensor(y_test, "y_test"), task_type, "y_test")
         if X_e.shape[1:] != X_t.shape[1:]:
             raise GdlabError(f"X_test rows have shape {tuple(X_e.shape[1:])} but X rows have "
                              f"{tuple(X_t.shape[1:])}; give both the same row shape")
-        X_e = X_e.to(X_t.dtype)
-        y_e = y_e.to(y_t.dtype)
+        X_e, y_e = X_e.to(X_t.dtype), y_e.to(y_t.dtype)
     if task_type == "classification" and num_classes is None and y_t.numel():
         num_classes = int(max(int(y_t.max()), int(y_e.max()) if y_e.numel() else 0)) + 1
     ds = Dataset(name=name, X_train=X_t, y_train=y_t, X_test=X_e, y_test=y_e, task_type=task_type,
@@ -315,15 +300,9 @@ def _torch_targets(y: torch.Tensor, task_type: str, what: str) -> torch.Tensor:
 
 
 def dataset_from_torch(
-    ds: torch.utils.data.Dataset,
-    *,
-    test: torch.utils.data.Dataset | None = None,
-    task_type: str | None = None,
-    num_classes: int | None = None,
-    name: str = "torch",
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    standardize: bool = False,
+    ds: torch.utils.data.Dataset, *, test: torch.utils.data.Dataset | None = None,
+    task_type: str | None = None, num_classes: int | None = None, name: str = "torch", seed: int = 0,
+    test_fraction: float = 0.2, standardize: bool = False,
 ) -> Dataset:
     """Turn any torch Dataset (map-style or iterable) of (input, target) items into a Dataset.
 
@@ -348,24 +327,18 @@ def dataset_from_torch(
         X_test, y_test = _stack(test, "torch test data set")
         y_test = _torch_targets(y_test, task_type, "torch test data set")
         X_test = _torch_inputs(X_test)
-        if X_test.shape[1:] != X.shape[1:]:
-            raise GdlabError(
-                f"the torch test data set's inputs have shape {tuple(X_test.shape[1:])} but the "
-                f"training inputs have {tuple(X.shape[1:])}; give both the same input shape"
-            )
-        if y_test.shape[1:] != y.shape[1:]:
-            raise GdlabError(
-                f"the torch test data set's targets have shape {tuple(y_test.shape[1:])} but the "
-                f"training targets have {tuple(y.shape[1:])}; give both the same target shape"
-            )
+        for part, given, training in (("input", X_test, X), ("target", y_test, y)):
+            if given.shape[1:] != training.shape[1:]:
+                raise GdlabError(
+                    f"the torch test data set's {part}s have shape {tuple(given.shape[1:])} but the "
+                    f"training {part}s have {tuple(training.shape[1:])}; give both the same {part} shape"
+                )
     else:
         rows = np.arange(len(X)).reshape(-1, 1)
         train_rows, test_rows, _, _ = split_train_test(
-            rows, y.numpy(), test_fraction=test_fraction, seed=seed,
-            stratify=task_type == "classification",
+            rows, y.numpy(), test_fraction=test_fraction, seed=seed, stratify=task_type == "classification"
         )
-        train_index = torch.from_numpy(train_rows[:, 0])
-        test_index = torch.from_numpy(test_rows[:, 0])
+        train_index, test_index = torch.from_numpy(train_rows[:, 0]), torch.from_numpy(test_rows[:, 0])
         X, X_test, y, y_test = X[train_index], X[test_index], y[train_index], y[test_index]
     if standardize:
         # X and X_test are fresh tensors here (stacked or indexed), never the caller's.
@@ -383,11 +356,7 @@ def dataset_from_torch(
 
 
 def as_dataset(
-    data: DataObject,
-    *,
-    test: DataObject = None,
-    task_type: str | None = None,
-    num_classes: int | None = None,
+    data: DataObject, *, test: DataObject = None, task_type: str | None = None, num_classes: int | None = None
 ) -> Dataset:
     """The Dataset for an in-memory data object (see the module docstring); ``test`` is the test
     set in the same form (a pair of tensors, a torch Dataset or a DataLoader)."""
@@ -397,7 +366,9 @@ def as_dataset(
         return data
     if isinstance(data, (tuple, list)):
         if len(data) not in (2, 4):
-            raise GdlabError(f"data as a tuple must be (X, y) or (X, y, X_test, y_test), got {len(data)} items")
+            raise GdlabError(
+                f"data as a tuple must be (X, y) or (X, y, X_test, y_test), got {len(data)} items"
+            )
         if len(data) == 4 and test is not None:
             raise GdlabError("data already holds X_test and y_test; leave test out")
         parts = list(data)

@@ -32,12 +32,8 @@ def check_seed(seed: int) -> None:
 
 def check_test_fraction(test_fraction: float) -> None:
     """Raise GdlabError unless 0 <= test_fraction < 1."""
-    if (
-        not isinstance(test_fraction, numbers.Real)
-        or isinstance(test_fraction, bool)
-        or not math.isfinite(test_fraction)
-        or not 0 <= test_fraction < 1
-    ):
+    real = isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
+    if not (real and math.isfinite(test_fraction) and 0 <= test_fraction < 1):
         raise GdlabError(
             f"test_fraction must be a number with 0 <= test_fraction < 1, got {test_fraction!r}"
         )
@@ -115,14 +111,10 @@ def fit_standardization(X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     X_train.shape[1:].
     """
     X = np.asarray(X_train, dtype=np.float64)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
     # Compare max and min rather than std with 0: rounding in the mean can make the std of a
     # constant column a tiny positive number.
     constant = X.max(axis=0) == X.min(axis=0)
-    mean = np.where(constant, X[0], mean)
-    std = np.where(constant, 1.0, std)
-    return mean, std
+    return np.where(constant, X[0], X.mean(axis=0)), np.where(constant, 1.0, X.std(axis=0))
 
 
 def standardize(
@@ -139,17 +131,9 @@ def standardize(
 
 
 def arrays_to_dataset(
-    name: str,
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
-    *,
-    task_type: str,
-    num_classes: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    image_shape: tuple[int, ...] | None = None,
-    description: str = "",
+    name: str, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *,
+    task_type: str, num_classes: int | None = None, dtype: torch.dtype = torch.float32,
+    image_shape: tuple[int, ...] | None = None, description: str = "",
 ) -> Dataset:
     """Wrap numpy splits as a validated Dataset: inputs and regression targets as `dtype`,
     classification labels as int64. Raises GdlabError (from validate_dataset) on bad data."""
@@ -163,14 +147,8 @@ def arrays_to_dataset(
         return floats(a)
 
     ds = Dataset(
-        name=name,
-        X_train=floats(X_train),
-        y_train=targets(y_train),
-        X_test=floats(X_test),
-        y_test=targets(y_test),
-        task_type=task_type,
-        num_classes=num_classes,
-        image_shape=image_shape,
+        name=name, X_train=floats(X_train), y_train=targets(y_train), X_test=floats(X_test),
+        y_test=targets(y_test), task_type=task_type, num_classes=num_classes, image_shape=image_shape,
         description=description,
     )
     validate_dataset(ds)

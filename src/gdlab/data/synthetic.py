@@ -12,14 +12,8 @@ import numpy as np
 
 
 def make_linreg(
-    n: int,
-    *,
-    seed: int = 0,
-    slope: float = 3.0,
-    intercept: float = 2.0,
-    noise_std: float = 1.0,
-    x_low: float = 0.0,
-    x_high: float = 2.0,
+    n: int, *, seed: int = 0, slope: float = 3.0, intercept: float = 2.0, noise_std: float = 1.0,
+    x_low: float = 0.0, x_high: float = 2.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear regression data y = slope * x + intercept + noise.
 
@@ -81,22 +75,15 @@ def make_adding(n: int, *, seed: int = 0, seq_len: int = 30) -> tuple[np.ndarray
     half = seq_len // 2
     first = rng.integers(0, half, size=n)
     second = rng.integers(half, seq_len, size=n)
-    markers = np.zeros((n, seq_len))
-    rows = np.arange(n)
-    markers[rows, first] = 1.0
-    markers[rows, second] = 1.0
+    markers, rows = np.zeros((n, seq_len)), np.arange(n)
+    markers[rows, first] = markers[rows, second] = 1.0
     X = np.stack([values, markers], axis=2)
     y = (values[rows, first] + values[rows, second])[:, None]
     return X, y
 
 
 def make_sine(
-    n: int,
-    *,
-    seed: int = 0,
-    window: int = 20,
-    omega_low: float = 0.5,
-    omega_high: float = 1.5,
+    n: int, *, seed: int = 0, window: int = 20, omega_low: float = 0.5, omega_high: float = 1.5,
     noise_std: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Next-value forecasting of sine waves.

@@ -37,16 +37,8 @@ class TaskSpec:
 
 
 def _to_dataset(
-    spec: TaskSpec,
-    X: np.ndarray,
-    y: np.ndarray,
-    *,
-    seed: int,
-    test_fraction: float,
-    standardize: bool,
-    dtype: torch.dtype,
-    image_shape: tuple[int, ...] | None = None,
-    standardize_target: bool = False,
+    spec: TaskSpec, X: np.ndarray, y: np.ndarray, *, seed: int, test_fraction: float, standardize: bool,
+    dtype: torch.dtype, image_shape: tuple[int, ...] | None = None, standardize_target: bool = False,
 ) -> Dataset:
     """Split, optionally standardise, and convert a task's numpy arrays to a validated Dataset.
 
@@ -68,16 +60,9 @@ def _to_dataset(
         if standardize_target and not classification:
             y_train, y_test, _, _ = standardize_splits(y_train, y_test)
     return arrays_to_dataset(
-        spec.name,
-        X_train,
-        y_train,
-        X_test,
-        y_test,
-        task_type=spec.task_type,
-        num_classes=int(y.max()) + 1 if classification else None,
-        dtype=dtype,
-        image_shape=image_shape,
-        description=spec.description,
+        spec.name, X_train, y_train, X_test, y_test, task_type=spec.task_type,
+        num_classes=int(y.max()) + 1 if classification else None, dtype=dtype,
+        image_shape=image_shape, description=spec.description,
     )
 
 
@@ -106,137 +91,58 @@ def _fixed(
                     f"n_samples={n_samples} is more than the {len(X)} samples of '{spec.name}'; "
                     f"give n_samples between 2 and {len(X)}, or leave it unset for all of them"
                 )
-            stratify = spec.task_type == "classification"
-            X, y = subsample(X, y, n_samples, seed=seed, stratify=stratify)
+            X, y = subsample(X, y, n_samples, seed=seed, stratify=spec.task_type == "classification")
         return _to_dataset(
-            spec,
-            X,
-            y,
-            seed=seed,
-            image_shape=image_shape,
-            standardize_target=standardize_target,
-            **options,
+            spec, X, y, seed=seed, image_shape=image_shape, standardize_target=standardize_target, **options
         )
 
     return load
 
 
-def _register(*specs: TaskSpec) -> dict[str, TaskSpec]:
-    return {spec.name: spec for spec in specs}
+def _task(
+    name: str, task_type: str, default_model: str, loader: Callable[..., Dataset], description: str,
+    default_n_samples: int | None = None, standardize: bool = True,
+) -> TaskSpec:
+    """A TaskSpec whose default loss follows its task type: mse for regression, else cross_entropy."""
+    return TaskSpec(
+        name=name, description=description, task_type=task_type, default_model=default_model,
+        default_loss="mse" if task_type == "regression" else "cross_entropy",
+        default_n_samples=default_n_samples, standardize=standardize, loader=loader,
+    )
 
 
-TASKS: dict[str, TaskSpec] = _register(
-    TaskSpec(
-        name="linreg",
-        description="y = 3x + 2 + N(0, 1) noise with x ~ U(0, 2), 1 feature (synthetic regression)",
-        task_type="regression",
-        default_model="linear",
-        default_loss="mse",
-        default_n_samples=100,
-        standardize=False,
-        loader=_generated(synthetic.make_linreg),
-    ),
-    TaskSpec(
-        name="logistic",
-        description="two overlapping Gaussian blobs in 2-D, 2 classes (synthetic)",
-        task_type="classification",
-        default_model="logistic",
-        default_loss="cross_entropy",
-        default_n_samples=400,
-        standardize=True,
-        loader=_generated(synthetic.make_blobs2d),
-    ),
-    TaskSpec(
-        name="spirals",
-        description="two interleaved spirals in 2-D, 2 classes (synthetic, needs a nonlinear model)",
-        task_type="classification",
-        default_model="mlp:2-64-64-2:tanh",
-        default_loss="cross_entropy",
-        default_n_samples=600,
-        standardize=True,
-        loader=_generated(synthetic.make_spirals),
-    ),
-    TaskSpec(
-        name="adding",
-        description="adding problem: sum the 2 marked values of a length-30 sequence (synthetic)",
-        task_type="regression",
-        default_model="lstm:32x1",
-        default_loss="mse",
-        default_n_samples=1000,
-        standardize=False,
-        loader=_generated(synthetic.make_adding),
-    ),
-    TaskSpec(
-        name="sine",
-        description="forecast the next value of a sine wave from 20 noisy values (synthetic)",
-        task_type="regression",
-        default_model="gru:32x1",
-        default_loss="mse",
-        default_n_samples=1000,
-        standardize=False,
-        loader=_generated(synthetic.make_sine),
-    ),
-    TaskSpec(
-        name="digits",
-        description="8x8 handwritten digits, 1797 samples, 64 features, 10 classes (scikit-learn)",
-        task_type="classification",
-        default_model="mlp:64-128-10:relu",
-        default_loss="cross_entropy",
-        default_n_samples=None,
-        standardize=True,
-        loader=_fixed("digits", image_shape=(1, 8, 8)),
-    ),
-    TaskSpec(
-        name="iris",
-        description="iris flowers, 150 samples, 4 features, 3 classes (scikit-learn)",
-        task_type="classification",
-        default_model="logistic",
-        default_loss="cross_entropy",
-        default_n_samples=None,
-        standardize=True,
-        loader=_fixed("iris"),
-    ),
-    TaskSpec(
-        name="wine",
-        description="wine cultivars, 178 samples, 13 features, 3 classes (scikit-learn)",
-        task_type="classification",
-        default_model="logistic",
-        default_loss="cross_entropy",
-        default_n_samples=None,
-        standardize=True,
-        loader=_fixed("wine"),
-    ),
-    TaskSpec(
-        name="breast_cancer",
-        description="breast cancer diagnosis, 569 samples, 30 features, 2 classes (scikit-learn)",
-        task_type="classification",
-        default_model="logistic",
-        default_loss="cross_entropy",
-        default_n_samples=None,
-        standardize=True,
-        loader=_fixed("breast_cancer"),
-    ),
-    TaskSpec(
-        name="diabetes",
-        description="diabetes progression, 442 samples, 10 features, standardised target (scikit-learn)",
-        task_type="regression",
-        default_model="linear",
-        default_loss="mse",
-        default_n_samples=None,
-        standardize=True,
-        loader=_fixed("diabetes", standardize_target=True),
-    ),
-    TaskSpec(
-        name="mnist1d",
-        description="MNIST-1D signals generated locally, 40 features, 10 classes",
-        task_type="classification",
-        default_model="mlp:40-128-10:relu",
-        default_loss="cross_entropy",
-        default_n_samples=4000,
-        standardize=True,
-        loader=_generated(bundled.make_mnist1d, image_shape=(1, bundled.MNIST1D_LENGTH)),
-    ),
-)
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        _task("linreg", "regression", "linear", _generated(synthetic.make_linreg),
+              "y = 3x + 2 + N(0, 1) noise with x ~ U(0, 2), 1 feature (synthetic regression)",
+              default_n_samples=100, standardize=False),
+        _task("logistic", "classification", "logistic", _generated(synthetic.make_blobs2d),
+              "two overlapping Gaussian blobs in 2-D, 2 classes (synthetic)", default_n_samples=400),
+        _task("spirals", "classification", "mlp:2-64-64-2:tanh", _generated(synthetic.make_spirals),
+              "two interleaved spirals in 2-D, 2 classes (synthetic, needs a nonlinear model)",
+              default_n_samples=600),
+        _task("adding", "regression", "lstm:32x1", _generated(synthetic.make_adding),
+              "adding problem: sum the 2 marked values of a length-30 sequence (synthetic)",
+              default_n_samples=1000, standardize=False),
+        _task("sine", "regression", "gru:32x1", _generated(synthetic.make_sine),
+              "forecast the next value of a sine wave from 20 noisy values (synthetic)",
+              default_n_samples=1000, standardize=False),
+        _task("digits", "classification", "mlp:64-128-10:relu", _fixed("digits", image_shape=(1, 8, 8)),
+              "8x8 handwritten digits, 1797 samples, 64 features, 10 classes (scikit-learn)"),
+        _task("iris", "classification", "logistic", _fixed("iris"),
+              "iris flowers, 150 samples, 4 features, 3 classes (scikit-learn)"),
+        _task("wine", "classification", "logistic", _fixed("wine"),
+              "wine cultivars, 178 samples, 13 features, 3 classes (scikit-learn)"),
+        _task("breast_cancer", "classification", "logistic", _fixed("breast_cancer"),
+              "breast cancer diagnosis, 569 samples, 30 features, 2 classes (scikit-learn)"),
+        _task("diabetes", "regression", "linear", _fixed("diabetes", standardize_target=True),
+              "diabetes progression, 442 samples, 10 features, standardised target (scikit-learn)"),
+        _task("mnist1d", "classification", "mlp:40-128-10:relu",
+              _generated(bundled.make_mnist1d, image_shape=(1, bundled.MNIST1D_LENGTH)),
+              "MNIST-1D signals generated locally, 40 features, 10 classes", default_n_samples=4000),
+    )
+}
 
 
 def list_tasks() -> list[TaskSpec]:
@@ -245,11 +151,7 @@ def list_tasks() -> list[TaskSpec]:
 
 
 def _check_arguments(
-    seed: int,
-    n_samples: int | None,
-    test_fraction: float,
-    standardize: bool | None,
-    dtype: torch.dtype,
+    seed: int, n_samples: int | None, test_fraction: float, standardize: bool | None, dtype: torch.dtype
 ) -> None:
     check_seed(seed)
     if n_samples is not None and (not is_integer(n_samples) or n_samples < 2):
@@ -266,13 +168,8 @@ def _check_arguments(
 
 
 def load_task(
-    name: str,
-    *,
-    seed: int = 0,
-    n_samples: int | None = None,
-    test_fraction: float = 0.2,
-    standardize: bool | None = None,
-    dtype: torch.dtype = torch.float32,
+    name: str, *, seed: int = 0, n_samples: int | None = None, test_fraction: float = 0.2,
+    standardize: bool | None = None, dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load the task `name` as a Dataset, split into train and test.
 

@@ -8,7 +8,7 @@ layers are named as in ``model.named_parameters()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -67,15 +67,12 @@ def update_ratios(before: Mapping[str, Tensor], model: nn.Module) -> dict[str, f
         new = p.detach().to(torch.float64)
         delta = _norm(new - old)
         old_norm = _norm(old)
-        if old_norm > 0:
-            ratios[name] = delta / old_norm
-        else:
-            ratios[name] = 1.0 if delta > 0 else 0.0
+        ratios[name] = delta / old_norm if old_norm > 0 else (1.0 if delta > 0 else 0.0)
     return ratios
 
 
-def _check_number(value: Any, name: str, ok: bool, rule: str) -> None:
-    if not (isinstance(value, Real) and not isinstance(value, bool) and ok):
+def _check_number(value: Any, name: str, ok: Callable[[Any], bool], rule: str) -> None:
+    if not (isinstance(value, Real) and not isinstance(value, bool) and ok(value)):
         raise GdlabError(f"health threshold {name} must be {rule}, got {value!r}")
 
 
@@ -100,20 +97,13 @@ class HealthThresholds:
     exploding_absolute: float | None = None
 
     def __post_init__(self) -> None:
-        ratio = self.vanishing_ratio
-        _check_number(ratio, "vanishing_ratio", isinstance(ratio, Real) and 0 < ratio < 1, "in (0, 1)")
+        _check_number(self.vanishing_ratio, "vanishing_ratio", lambda v: 0 < v < 1, "in (0, 1)")
         if self.reference not in REFERENCES:
             raise unknown_name("health reference", str(self.reference), REFERENCES)
-        factor = self.exploding_factor
-        _check_number(
-            factor, "exploding_factor", isinstance(factor, Real) and 1 < factor < math.inf, "finite and > 1"
-        )
-        ceiling = self.exploding_absolute
-        if ceiling is not None:
-            _check_number(
-                ceiling, "exploding_absolute", isinstance(ceiling, Real) and 0 < ceiling < math.inf,
-                "finite and > 0 (or None)",
-            )
+        _check_number(self.exploding_factor, "exploding_factor", lambda v: 1 < v < math.inf, "finite and > 1")
+        if self.exploding_absolute is not None:
+            _check_number(self.exploding_absolute, "exploding_absolute", lambda v: 0 < v < math.inf,
+                          "finite and > 0 (or None)")
 
 
 @dataclass
@@ -148,11 +138,8 @@ class GradientHealthMonitor:
     Vanishing is not judged at a step whose reference norm is zero or not finite (no scale).
     """
 
-    def __init__(
-        self,
-        thresholds: HealthThresholds | None = None,
-        weight_names: Iterable[str] | None = None,
-    ) -> None:
+    def __init__(self, thresholds: HealthThresholds | None = None,
+                 weight_names: Iterable[str] | None = None) -> None:
         self.thresholds = thresholds if thresholds is not None else HealthThresholds()
         self.weight_names = None if weight_names is None else frozenset(weight_names)
         self._layers: dict[str, _LayerStats] = {}
@@ -161,9 +148,7 @@ class GradientHealthMonitor:
         self._first_problem_step: int | None = None
 
     @classmethod
-    def for_model(
-        cls, model: nn.Module, thresholds: HealthThresholds | None = None
-    ) -> GradientHealthMonitor:
+    def for_model(cls, model: nn.Module, thresholds: HealthThresholds | None = None) -> GradientHealthMonitor:
         """A monitor that judges the weight tensors (ndim >= 2) of ``model`` for vanishing."""
         return cls(thresholds, weight_names(model))
 
@@ -183,9 +168,8 @@ class GradientHealthMonitor:
         value, name = max(finite)
         return value, f"largest weight gradient '{name}'"
 
-    def _vanishing(
-        self, value: float, stats: _LayerStats, step_reference: tuple[float, str] | None
-    ) -> str | None:
+    def _vanishing(self, value: float, stats: _LayerStats,
+                   step_reference: tuple[float, str] | None) -> str | None:
         if self.thresholds.reference == "initial":
             reference = None if stats.baseline is None else (stats.baseline, "its first norm")
         else:
@@ -196,10 +180,8 @@ class GradientHealthMonitor:
         ratio = value / ref_value
         if ratio >= self.thresholds.vanishing_ratio:
             return None
-        return (
-            f"gradient norm {value:.3g} is {ratio:.3g} of {ref_name} ({ref_value:.3g}); "
-            f"threshold {self.thresholds.vanishing_ratio:g}"
-        )
+        return (f"gradient norm {value:.3g} is {ratio:.3g} of {ref_name} ({ref_value:.3g}); "
+                f"threshold {self.thresholds.vanishing_ratio:g}")
 
     def _exploding(self, value: float, stats: _LayerStats) -> str | None:
         if not math.isfinite(value):
@@ -209,10 +191,8 @@ class GradientHealthMonitor:
             return f"gradient norm {value:.3g} is above the ceiling {ceiling:g}"
         factor = self.thresholds.exploding_factor
         if stats.baseline is not None and value > factor * stats.baseline:
-            return (
-                f"gradient norm {value:.3g} is {value / stats.baseline:.3g} times its first norm "
-                f"{stats.baseline:.3g}; threshold {factor:g}"
-            )
+            return (f"gradient norm {value:.3g} is {value / stats.baseline:.3g} times its first norm "
+                    f"{stats.baseline:.3g}; threshold {factor:g}")
         return None
 
     def check(self, step: int, norms: Mapping[str, float]) -> list[dict]:
@@ -252,19 +232,9 @@ class GradientHealthMonitor:
         "min", "max", "vanishing_steps", "exploding_steps"}}, "flags": {"vanishing": [names],
         "exploding": [names]}}``. Norms that are not finite are None (JSON null); min and max
         are over the finite norms. Flag lists are in the order the layers were first flagged."""
-        layers = {
-            name: {
-                "first": _finite_or_none(stats.first),
-                "last": _finite_or_none(stats.last),
-                "min": stats.low,
-                "max": stats.high,
-                "vanishing_steps": stats.vanishing_steps,
-                "exploding_steps": stats.exploding_steps,
-            }
-            for name, stats in self._layers.items()
-        }
-        return {
-            "first_problem_step": self._first_problem_step,
-            "layers": layers,
-            "flags": {kind: list(names) for kind, names in self._flags.items()},
-        }
+        layers = {name: {"first": _finite_or_none(stats.first), "last": _finite_or_none(stats.last),
+                         "min": stats.low, "max": stats.high, "vanishing_steps": stats.vanishing_steps,
+                         "exploding_steps": stats.exploding_steps}
+                  for name, stats in self._layers.items()}
+        return {"first_problem_step": self._first_problem_step, "layers": layers,
+                "flags": {kind: list(names) for kind, names in self._flags.items()}}

@@ -14,12 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from gdlab.diagnostics.health import (
-    GradientHealthMonitor,
-    HealthThresholds,
-    gradient_norms,
-    parameter_norms,
-    snapshot,
-    update_ratios,
+    GradientHealthMonitor, HealthThresholds, gradient_norms, parameter_norms, snapshot, update_ratios,
 )
 from gdlab.diagnostics.hessian import sharpness
 from gdlab.engine.loop import Callback, StepContext
@@ -67,9 +62,7 @@ class SharpnessCallback(Callback):
     (Lanczos, ``iters`` Hessian-vector products), recorded beside ``2/lr``."""
 
     def __init__(self, every: int = 10, iters: int = 20, seed: int = 0) -> None:
-        self.every = every
-        self.iters = iters
-        self.seed = seed
+        self.every, self.iters, self.seed = every, iters, seed
         self._above: bool | None = None
 
     def on_gradient(self, ctx: StepContext) -> None:

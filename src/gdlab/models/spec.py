@@ -90,9 +90,7 @@ def parse_model_spec(text: str) -> ModelSpec:
     Whether the widths fit the data is checked later, by `build_model`.
     """
     if not isinstance(text, str):
-        raise GdlabError(
-            f"model spec must be a string such as 'mlp:64x2', got {type(text).__name__}"
-        )
+        raise GdlabError(f"model spec must be a string such as 'mlp:64x2', got {type(text).__name__}")
     parts = [p.strip() for p in text.strip().lower().split(":")]
     family, args = parts[0], parts[1:]
     if not family:
@@ -135,10 +133,7 @@ def _size_by_depth(text: str, token: str, size_name: str) -> tuple[int, int] | N
     match = _WIDTH_BY_DEPTH.match(token)
     if match is None:
         return None
-    return (
-        _positive_int(text, match.group(1), size_name),
-        _positive_int(text, match.group(2), "layer count"),
-    )
+    return _positive_int(text, match.group(1), size_name), _positive_int(text, match.group(2), "layer count")
 
 
 def _no_more(text: str, family: str, extra: list[str], usage: str) -> None:
@@ -195,19 +190,12 @@ def _parse_mlp(text: str, args: list[str]) -> ModelSpec:
         else:
             hint = did_you_mean(option, (*ACTIVATIONS, "bn", "dropout"))
             raise _error(
-                text,
-                f"unknown activation or option '{option}'{hint}; choose an activation "
+                text, f"unknown activation or option '{option}'{hint}; choose an activation "
                 f"({', '.join(ACTIVATIONS)}), bn or dropout=P",
             )
     return ModelSpec(
-        family="mlp",
-        text=text,
-        widths=widths,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        activation=activation or DEFAULT_ACTIVATION,
-        batchnorm=batchnorm,
-        dropout=dropout or 0.0,
+        family="mlp", text=text, widths=widths, hidden_size=hidden_size, num_layers=num_layers,
+        activation=activation or DEFAULT_ACTIVATION, batchnorm=batchnorm, dropout=dropout or 0.0,
     )
 
 

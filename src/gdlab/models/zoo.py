@@ -17,11 +17,7 @@ from gdlab.errors import GdlabError
 from gdlab.models.spec import RECURRENT_FAMILIES, ModelSpec, parse_model_spec
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "leaky_relu": nn.LeakyReLU,
-    "gelu": nn.GELU,
+    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU,
 }
 
 _RECURRENT_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -51,11 +47,7 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self,
-        widths: tuple[int, ...],
-        activation: str = "relu",
-        batchnorm: bool = False,
-        dropout: float = 0.0,
+        self, widths: tuple[int, ...], activation: str = "relu", batchnorm: bool = False, dropout: float = 0.0
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -96,19 +88,13 @@ class LeNet(nn.Module):
         spatial_dims = len(view_shape) - 1
         conv, _, max_pool, adaptive_pool = _conv_layers(spatial_dims)
         self.features = nn.Sequential(
-            conv(view_shape[0], 6, 5, padding=2),
-            make_activation(activation),
-            max_pool(2, ceil_mode=True),
-            conv(6, 16, 5, padding=2),
-            make_activation(activation),
-            max_pool(2, ceil_mode=True),
+            conv(view_shape[0], 6, 5, padding=2), make_activation(activation), max_pool(2, ceil_mode=True),
+            conv(6, 16, 5, padding=2), make_activation(activation), max_pool(2, ceil_mode=True),
             adaptive_pool(5),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(16 * 5**spatial_dims, 120),
-            make_activation(activation),
-            nn.Linear(120, 84),
-            make_activation(activation),
+            nn.Linear(16 * 5**spatial_dims, 120), make_activation(activation),
+            nn.Linear(120, 84), make_activation(activation),
             nn.Linear(84, output_dim),
         )
 
@@ -137,8 +123,7 @@ class BasicBlock(nn.Module):
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                conv(in_channels, out_channels, 1, stride=stride, bias=False),
-                batch_norm(out_channels),
+                conv(in_channels, out_channels, 1, stride=stride, bias=False), batch_norm(out_channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,9 +146,7 @@ class ResNet(nn.Module):
         spatial_dims = len(view_shape) - 1
         conv, batch_norm, _, adaptive_pool = _conv_layers(spatial_dims)
         self.stem = nn.Sequential(
-            conv(view_shape[0], width, 3, padding=1, bias=False),
-            batch_norm(width),
-            nn.ReLU(),
+            conv(view_shape[0], width, 3, padding=1, bias=False), batch_norm(width), nn.ReLU()
         )
         self.blocks = nn.Sequential(
             BasicBlock(width, width, 1, spatial_dims),
@@ -200,13 +183,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def build_model(
-    spec: str | ModelSpec | nn.Module,
-    input_shape: tuple[int, ...],
-    output_dim: int,
-    *,
-    seed: int = 0,
-    image_shape: tuple[int, ...] | None = None,
-    dtype: torch.dtype = torch.float32,
+    spec: str | ModelSpec | nn.Module, input_shape: tuple[int, ...], output_dim: int, *, seed: int = 0,
+    image_shape: tuple[int, ...] | None = None, dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Build the model `spec` for samples of shape `input_shape` and `output_dim` outputs.
 
@@ -224,9 +202,7 @@ def build_model(
     if isinstance(spec, nn.Module):
         return spec.to(dtype=dtype)
     if isinstance(spec, type) and issubclass(spec, nn.Module):
-        raise GdlabError(
-            f"model {spec.__name__} is a class; pass an instance such as {spec.__name__}(...)"
-        )
+        raise GdlabError(f"model {spec.__name__} is a class; pass an instance such as {spec.__name__}(...)")
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
     elif not isinstance(spec, ModelSpec):
@@ -240,25 +216,26 @@ def build_model(
         seed = operator.index(seed)
     except TypeError:
         raise GdlabError(f"model seed must be an integer, got {seed!r}") from None
-    if spec.family in RECURRENT_FAMILIES:
-        make = _recurrent
-    elif spec.family == "cnn":
-        make = _cnn
-    else:
-        make = _fully_connected
+    recurrent = spec.family in RECURRENT_FAMILIES
+    make = _recurrent if recurrent else _cnn if spec.family == "cnn" else _fully_connected
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make(spec, input_shape, output_dim, image_shape)
     return model.to(dtype=dtype)
 
 
-def _checked_shape(spec: ModelSpec, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _int_tuple(values: object) -> tuple[int, ...] | None:
+    """`values` as a tuple of integers, or None when it is not an iterable of integers."""
     try:
-        shape = tuple(operator.index(s) for s in input_shape)
+        return tuple(operator.index(s) for s in values)
     except TypeError:
-        raise GdlabError(
-            f"model '{spec.text}': input_shape must be a tuple of integers, got {input_shape!r}"
-        ) from None
+        return None
+
+
+def _checked_shape(spec: ModelSpec, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = _int_tuple(input_shape)
+    if shape is None:
+        raise GdlabError(f"model '{spec.text}': input_shape must be a tuple of integers, got {input_shape!r}")
     if not shape or any(s <= 0 for s in shape):
         raise GdlabError(
             f"model '{spec.text}': one sample's input shape must be non-empty with positive sizes, "
@@ -328,10 +305,7 @@ def _conv_view(
         )
     if image_shape is None:
         return (1, input_shape[0])
-    try:
-        view = tuple(operator.index(s) for s in image_shape)
-    except TypeError:
-        view = ()
+    view = _int_tuple(image_shape) or ()
     if len(view) not in (2, 3) or any(s <= 0 for s in view):
         raise GdlabError(
             f"model '{spec.text}': image_shape must be (C, L) or (C, H, W) with positive sizes, "
@@ -354,6 +328,4 @@ def _recurrent(
             f"model '{spec.text}' is a sequence model and needs samples of shape (T, F), but one "
             f"sample has shape {input_shape}; use sequence data or a model such as mlp:64x2 or cnn:lenet"
         )
-    return RecurrentNet(
-        spec.family, input_shape[1], spec.hidden_size or 1, spec.num_layers or 1, output_dim
-    )
+    return RecurrentNet(spec.family, input_shape[1], spec.hidden_size or 1, spec.num_layers or 1, output_dim)

@@ -32,17 +32,12 @@ STABILITY_SECTION = "stability traces"
 DIVERGED_CAP_FACTOR = 10.0
 
 _STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.titlepad": 10,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
+    "font.size": 9, "axes.titlesize": 10, "axes.titlepad": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
 }
 _PROFILE_LINESTYLES = ("-", "--", "-.", ":")
+_Made = tuple[str, str, str, bytes]
+_Groups = dict[str, list[StoredRun]]
 
 
 @dataclass
@@ -102,50 +97,36 @@ def study_figures(runs: list[StoredRun], summary: dict[str, Any]) -> list[Figure
     optimizers = ordered_names(summary.get("optimizers", []), (r.optimizer for r in runs))
     colors = optimizer_colors(optimizers)
     used: set[str] = set()
-
-    def name_for(stem: str) -> str:
-        name, k = stem, 2
-        while name in used:
-            name, k = f"{stem}-{k}", k + 1
-        used.add(name)
-        return name
-
     figures: list[Figure] = []
     stability: list[Figure] = []
+
+    def add(into: list[Figure], section: str, made: _Made | None, stem: str = "") -> None:
+        if made is None:
+            return
+        suffix, title, caption, png = made
+        name, k = stem + suffix, 2
+        while name in used:
+            name, k = f"{stem}{suffix}-{k}", k + 1
+        used.add(name)
+        into.append(Figure(section, name, title, caption, png))
+
     with matplotlib.rc_context(_STYLE):
         for task in tasks:
             groups = _curve_groups(runs, task, optimizers)
             target = summary.get("targets", {}).get(task)
-            stem = slug(task)
-            section = task_section(task)
-            for made in (
-                _loss_figure(task, groups, colors, target, "epochs"),
-                _loss_figure(task, groups, colors, target, "wall_time_s"),
-                _accuracy_figure(task, groups, colors, target),
-                _sensitivity_figure(task, summary, optimizers, colors),
-            ):
-                if made is not None:
-                    suffix, title, caption, png = made
-                    name = name_for(f"{stem}_{suffix}")
-                    figures.append(Figure(section, name, title, caption, png))
-            for made in (_grad_norm_figure(task, groups, colors),
-                         _sharpness_figure(task, groups, colors)):
-                if made is not None:
-                    suffix, title, caption, png = made
-                    name = name_for(f"{stem}_{suffix}")
-                    stability.append(Figure(STABILITY_SECTION, name, title, caption, png))
-        profile = _profile_figure(summary, optimizers, colors)
-        if profile is not None:
-            suffix, title, caption, png = profile
-            figures.append(Figure(PROFILE_SECTION, name_for(suffix), title, caption, png))
+            stem, section = f"{slug(task)}_", task_section(task)
+            for made in (_loss_figure(task, groups, colors, target, "epochs"),
+                         _loss_figure(task, groups, colors, target, "wall_time_s"),
+                         _accuracy_figure(task, groups, colors, target),
+                         _sensitivity_figure(task, summary, optimizers, colors)):
+                add(figures, section, made, stem)
+            for made in (_grad_norm_figure(task, groups, colors), _sharpness_figure(task, groups, colors)):
+                add(stability, STABILITY_SECTION, made, stem)
+        add(figures, PROFILE_SECTION, _profile_figure(summary, optimizers, colors))
     return figures + stability
 
 
-_Made = tuple[str, str, str, bytes]
-
-
-def _curve_groups(runs: Sequence[StoredRun], task: str,
-                  optimizers: Sequence[str]) -> dict[str, list[StoredRun]]:
+def _curve_groups(runs: Sequence[StoredRun], task: str, optimizers: Sequence[str]) -> _Groups:
     mine = [r for r in runs if r.task == task]
     chosen = [r for r in mine if r.phase == "final"] or [r for r in mine if r.phase == "single"]
     groups = {opt: [r for r in chosen if r.optimizer == opt] for opt in optimizers}
@@ -186,6 +167,11 @@ def _series(history: Sequence[dict[str, Any]], x_key: str, y_key: str,
     return array[:, 0], array[:, 1]
 
 
+def _has_series(groups: _Groups, x_key: str, y_key: str, positive: bool = False) -> bool:
+    return any(_series(run.history, x_key, y_key, positive)[0].size
+               for group in groups.values() for run in group)
+
+
 class Band(NamedTuple):
     """Curves summarised on a common x grid: median, min, max and how many curves cover each x."""
 
@@ -216,9 +202,7 @@ def _band(curves: Sequence[tuple[np.ndarray, np.ndarray]], log: bool) -> Band:
     count = (~np.isnan(stack)).sum(axis=0)
     covered = count > 0
     grid, stack, count = grid[covered], stack[:, covered], count[covered]
-    med = np.nanmedian(stack, axis=0)
-    low = np.nanmin(stack, axis=0)
-    high = np.nanmax(stack, axis=0)
+    med, low, high = (reduce(stack, axis=0) for reduce in (np.nanmedian, np.nanmin, np.nanmax))
     if log:
         med, low, high = 10.0 ** med, 10.0 ** low, 10.0 ** high
     return Band(grid, med, low, high, count)
@@ -232,14 +216,11 @@ def _format(value: float) -> str:
     return f"{value:.3g}"
 
 
-_X_LABELS = {
-    "epochs": "gradient evaluations / N (epochs)",
-    "wall_time_s": "training wall time (s)",
-}
+_X_LABELS = {"epochs": "gradient evaluations / N (epochs)", "wall_time_s": "training wall time (s)"}
 
 
-def _draw_curves(ax: Axes, groups: dict[str, list[StoredRun]], colors: dict[str, str],
-                 x_key: str, y_key: str, log: bool, cap: bool) -> tuple[int, int]:
+def _draw_curves(ax: Axes, groups: _Groups, colors: dict[str, str], x_key: str, y_key: str,
+                 log: bool, cap: bool) -> tuple[int, int]:
     """Per optimizer: median line and min-max band over its runs that did not diverge; each
     diverged run drawn alone, dotted, with a × at its last finite point (a blow-up in one seed
     would otherwise swamp the band). Returns (optimizers drawn, diverged runs drawn)."""
@@ -247,9 +228,7 @@ def _draw_curves(ax: Axes, groups: dict[str, list[StoredRun]], colors: dict[str,
     ends: list[tuple[str, float, float]] = []
     firsts: list[float] = []
     for opt, group in groups.items():
-        color = colors[opt]
-        curves = []
-        n_diverged = 0
+        color, curves, n_diverged = colors[opt], [], 0
         for run in group:
             x, y = _series(run.history, x_key, y_key, positive=log)
             if not x.size:
@@ -269,8 +248,7 @@ def _draw_curves(ax: Axes, groups: dict[str, list[StoredRun]], colors: dict[str,
         if curves:
             band = _band(curves, log)
             if band.grid.size > 1:
-                ax.fill_between(band.grid, band.low, band.high, color=color, alpha=0.18,
-                                linewidth=0)
+                ax.fill_between(band.grid, band.low, band.high, color=color, alpha=0.18, linewidth=0)
                 _plot_median(ax, band, len(curves), color, label)
             else:
                 ax.plot(band.grid, band.median, "o", color=color, label=label)
@@ -301,8 +279,7 @@ def _plot_median(ax: Axes, band: Band, n_curves: int, color: str, label: str) ->
     joined = partial | np.roll(partial, 1) | np.roll(partial, -1)
     joined[0] |= partial[0]
     joined[-1] |= partial[-1]
-    ax.plot(band.grid, np.where(full, band.median, np.nan), color=color, linewidth=1.8,
-            label=label)
+    ax.plot(band.grid, np.where(full, band.median, np.nan), color=color, linewidth=1.8, label=label)
     if partial.any():
         ax.plot(band.grid, np.where(joined, band.median, np.nan), color=color, linewidth=1.2,
                 linestyle="--", alpha=0.8)
@@ -318,15 +295,25 @@ def _legend_extras(diverged: int, target_label: str | None) -> list[Line2D]:
     return extras
 
 
-def _finish_legend(ax: Axes, extras: list[Line2D], loc: str = "best") -> None:
+def _finish(ax: Axes, suffix: str, title: str, xlabel: str, ylabel: str, caption: str,
+            extras: Sequence[Line2D] = (), loc: str = "best") -> _Made:
+    """Label and title the axes, add the legend (the plotted handles, then ``extras``) and
+    encode the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + extras, loc=loc, framealpha=0.85)
+    ax.legend(handles=handles + list(extras), loc=loc, framealpha=0.85)
+    return suffix, title, caption, _png(ax.figure)
 
 
-def _target_for(target: dict[str, Any] | None, metric: str) -> float | None:
-    if not target or target.get("metric") != metric:
+def _target_line(ax: Axes, target: dict[str, Any] | None, metric: str) -> str | None:
+    """Draw the target level when ``target`` is one on ``metric``; return its legend label."""
+    value = _number(target.get("value")) if target and target.get("metric") == metric else None
+    if value is None or (value <= 0 and metric != "test_accuracy"):  # a log axis cannot show it
         return None
-    return _number(target.get("value"))
+    ax.axhline(value, color="0.25", linestyle="--", linewidth=1)
+    return f"target {value:.1%}" if metric == "test_accuracy" else f"target {_format(value)}"
 
 
 def _target_text(target: dict[str, Any] | None) -> str:
@@ -341,86 +328,64 @@ def _target_text(target: dict[str, Any] | None) -> str:
 TIME_LOG_SPAN = 100.0
 
 
-def _set_x_axis(ax: Axes, groups: dict[str, list[StoredRun]], x_key: str, y_key: str) -> bool:
+def _x_axis(ax: Axes, groups: _Groups, x_key: str, y_key: str) -> str:
     """Linear x from 0, except wall time spanning more than two decades across optimizers (a
     stochastic run can take 1000x a full-batch one): then log x, so both stay readable. Returns
-    whether the axis is logarithmic."""
+    the axis label."""
     if x_key == "wall_time_s":
         times = [x for group in groups.values() for run in group
                  for x in _series(run.history, x_key, y_key)[0] if x > 0]
         if times and max(times) / min(times) > TIME_LOG_SPAN:
             ax.set_xscale("log")
             ax.set_xlim(left=min(times) / 1.5)
-            return True
+            return _X_LABELS[x_key] + " (log scale)"
     ax.set_xlim(left=0)
-    return False
+    return _X_LABELS[x_key]
 
 
-def _loss_figure(task: str, groups: dict[str, list[StoredRun]], colors: dict[str, str],
-                 target: dict[str, Any] | None, x_key: str) -> _Made | None:
+def _loss_figure(task: str, groups: _Groups, colors: dict[str, str], target: dict[str, Any] | None,
+                 x_key: str) -> _Made | None:
     if not groups:
         return None
-    fig = _new_figure()
-    ax = fig.add_subplot()
+    ax = _new_figure().add_subplot()
     ax.set_yscale("log")
     drawn, diverged = _draw_curves(ax, groups, colors, x_key, "train_loss", log=True, cap=True)
     if not drawn:
         return None
-    value = _target_for(target, "train_loss")
-    target_label = None
-    if value is not None and value > 0:
-        ax.axhline(value, color="0.25", linestyle="--", linewidth=1)
-        target_label = f"target {_format(value)}"
-    log_x = _set_x_axis(ax, groups, x_key, "train_loss")
-    ax.set_xlabel(_X_LABELS[x_key] + (" (log scale)" if log_x else ""))
-    ax.set_ylabel("training loss (log scale)")
+    target_label = _target_line(ax, target, "train_loss")
+    xlabel = _x_axis(ax, groups, x_key, "train_loss")
     measure = "gradient evaluations" if x_key == "epochs" else "wall time"
-    title = f"{task}: training loss vs {measure}"
-    ax.set_title(title)
-    _finish_legend(ax, _legend_extras(diverged, target_label))
     seeds = max(len(g) for g in groups.values())
     caption = (
         f"Full-batch training loss of the final runs (each optimizer at its tuned setting) against "
         f"{_X_LABELS[x_key]}. Line: median over up to {seeds} seeds, interpolated onto a common "
         f"grid (dashed where some seeds have already ended); band: min-max over seeds. Diverged "
         f"runs are left out of the median and drawn dotted, a cross where each last had a finite "
-        f"loss (at the top edge when beyond the plotted range)."
-        f"{_target_text(target)}"
+        f"loss (at the top edge when beyond the plotted range).{_target_text(target)}"
     )
-    suffix = "loss_vs_epochs" if x_key == "epochs" else "loss_vs_time"
-    return suffix, title, caption, _png(fig)
+    return _finish(ax, "loss_vs_epochs" if x_key == "epochs" else "loss_vs_time",
+                   f"{task}: training loss vs {measure}", xlabel, "training loss (log scale)", caption,
+                   _legend_extras(diverged, target_label))
 
 
-def _accuracy_figure(task: str, groups: dict[str, list[StoredRun]], colors: dict[str, str],
+def _accuracy_figure(task: str, groups: _Groups, colors: dict[str, str],
                      target: dict[str, Any] | None) -> _Made | None:
-    has_accuracy = any(_series(run.history, "wall_time_s", "test_accuracy")[0].size
-                       for group in groups.values() for run in group)
-    if not has_accuracy:
+    if not _has_series(groups, "wall_time_s", "test_accuracy"):
         return None
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    drawn, diverged = _draw_curves(ax, groups, colors, "wall_time_s", "test_accuracy",
-                                   log=False, cap=False)
-    value = _target_for(target, "test_accuracy")
-    target_label = None
-    if value is not None:
-        ax.axhline(value, color="0.25", linestyle="--", linewidth=1)
-        target_label = f"target {value:.1%}"
+    ax = _new_figure().add_subplot()
+    _, diverged = _draw_curves(ax, groups, colors, "wall_time_s", "test_accuracy", log=False, cap=False)
+    target_label = _target_line(ax, target, "test_accuracy")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylim(0, 1.02)
-    log_x = _set_x_axis(ax, groups, "wall_time_s", "test_accuracy")
-    ax.set_xlabel(_X_LABELS["wall_time_s"] + (" (log scale)" if log_x else ""))
-    ax.set_ylabel("test accuracy (% correct)")
-    title = f"{task}: test accuracy vs wall time"
-    ax.set_title(title)
-    _finish_legend(ax, _legend_extras(diverged, target_label), loc="lower right")
+    xlabel = _x_axis(ax, groups, "wall_time_s", "test_accuracy")
     caption = (
         "Accuracy on the held-out test set of the final runs against training wall time (s). "
         f"Line: median over seeds (dashed where some have already ended); band: min-max; diverged "
-        f"runs dotted, ending in a cross."
-        f"{_target_text(target)}"
+        f"runs dotted, ending in a cross.{_target_text(target)}"
     )
-    return "accuracy_vs_time", title, caption, _png(fig)
+    return _finish(ax, "accuracy_vs_time", f"{task}: test accuracy vs wall time", xlabel,
+                   "test accuracy (% correct)", caption, _legend_extras(diverged, target_label),
+                   loc="lower right")
 
 
 TOP_EDGE = 0.96
@@ -438,8 +403,7 @@ def _sensitivity_figure(task: str, summary: dict[str, Any], optimizers: Sequence
         return None
     best = {entry.get("optimizer"): _number(entry.get("best_lr"))
             for entry in summary.get("ranking", {}).get(task, [])}
-    fig = _new_figure()
-    ax = fig.add_subplot()
+    ax = _new_figure().add_subplot()
     ax.set_xscale("log")
     ax.set_yscale("log")
     edge = ax.get_xaxis_transform()
@@ -463,8 +427,8 @@ def _sensitivity_figure(task: str, summary: dict[str, Any], optimizers: Sequence
         ok.sort()
         chosen = best.get(opt)
         label = opt if chosen is None else f"{opt} (chosen lr {_format(chosen)})"
-        ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-", color=color, markersize=4,
-                linewidth=1.4, label=label)
+        ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-", color=color, markersize=4, linewidth=1.4,
+                label=label)
         finite_losses.extend(p[1] for p in ok)
         if diverged:
             ax.plot(diverged, [TOP_EDGE] * len(diverged), "x", color=color, markersize=9,
@@ -481,33 +445,23 @@ def _sensitivity_figure(task: str, summary: dict[str, Any], optimizers: Sequence
         at_point = [loss for lr, loss in ok if _same_lr(lr, chosen)]
         if at_point:
             ax.plot([chosen], at_point[:1], **star)
-        elif any(_same_lr(lr, chosen) for lr in zeros):
-            ax.plot([chosen], [BOTTOM_EDGE], transform=edge, clip_on=False, **star)
-        elif any(_same_lr(lr, chosen) for lr in diverged):
-            ax.plot([chosen], [TOP_EDGE], transform=edge, clip_on=False, **star)
         else:
-            ax.axvline(chosen, color=color, linestyle="--", linewidth=1.0)
-            ax.plot([chosen], [TOP_EDGE], transform=edge, clip_on=False, **star)
+            # At an edge: the bottom one for a zero loss, else the top one (a line if not a trial).
+            at_zero = any(_same_lr(lr, chosen) for lr in zeros)
+            if not at_zero and not any(_same_lr(lr, chosen) for lr in diverged):
+                ax.axvline(chosen, color=color, linestyle="--", linewidth=1.0)
+            ax.plot([chosen], [BOTTOM_EDGE if at_zero else TOP_EDGE], transform=edge, clip_on=False,
+                    **star)
         chosen_drawn = True
     if finite_losses:
         # Headroom beyond the data keeps the edge markers clear of the curves.
         low, high = min(finite_losses), max(finite_losses)
         ax.set_ylim(low / (30.0 if zero else 2.0), high * (30.0 if failed else 3.0))
-    extras = []
-    if chosen_drawn:
-        extras.append(Line2D([], [], marker="*", linestyle="", markersize=12, color="0.6",
-                             markeredgecolor="black", label="chosen lr"))
-    if failed:
-        extras.append(Line2D([], [], marker="x", linestyle="", markersize=8, markeredgewidth=2,
-                             color="0.3", label="diverged trial (top edge)"))
-    if zero:
-        extras.append(Line2D([], [], marker="v", linestyle="", markersize=7, color="0.3",
-                             label="final loss 0 (bottom edge)"))
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("final training loss (log scale)")
-    title = f"{task}: learning-rate sensitivity"
-    ax.set_title(title)
-    _finish_legend(ax, extras)
+    markers = ((chosen_drawn, dict(marker="*", markersize=12, color="0.6", markeredgecolor="black",
+                                   label="chosen lr")),
+               (failed, dict(marker="x", markersize=8, markeredgewidth=2, color="0.3",
+                             label="diverged trial (top edge)")),
+               (zero, dict(marker="v", markersize=7, color="0.3", label="final loss 0 (bottom edge)")))
     caption = (
         "Final training loss of every learning-rate search trial (same trial budget for each "
         "optimizer). Stars mark the learning rate chosen for the final runs; crosses at the top "
@@ -516,14 +470,15 @@ def _sensitivity_figure(task: str, summary: dict[str, Any], optimizers: Sequence
            "axis cannot show." if zero else "")
         + " A wide, flat valley means the optimizer is easy to tune."
     )
-    return "lr_sensitivity", title, caption, _png(fig)
+    return _finish(ax, "lr_sensitivity", f"{task}: learning-rate sensitivity", "learning rate (log scale)",
+                   "final training loss (log scale)", caption,
+                   [Line2D([], [], linestyle="", **style) for shown, style in markers if shown])
 
 
 def _profile_figure(summary: dict[str, Any], optimizers: Sequence[str],
                     colors: dict[str, str]) -> _Made | None:
     profiles = summary.get("profiles") or {}
-    panels = [("time", "time to target", "time"), ("evals", "gradient evaluations to target",
-                                                     "evaluations")]
+    panels = [("time", "time to target", "time"), ("evals", "gradient evaluations to target", "evaluations")]
     present = [(key, label, short) for key, label, short in panels
                if (profiles.get(key) or {}).get("taus") and (profiles.get(key) or {}).get("curves")]
     if not present:
@@ -536,12 +491,10 @@ def _profile_figure(summary: dict[str, Any], optimizers: Sequence[str],
         for i, opt in enumerate(ordered_names(optimizers, curves)):
             if opt not in curves:
                 continue
-            rho = np.asarray([_number(v) if _number(v) is not None else np.nan
-                              for v in curves[opt]], dtype=float)
+            rho = np.asarray([_number(v) for v in curves[opt]], dtype=float)
             n = min(rho.size, taus.size)
             ax.step(taus[:n], rho[:n], where="post", color=colors.get(opt, "0.4"), linewidth=2,
-                    alpha=0.9, linestyle=_PROFILE_LINESTYLES[i % len(_PROFILE_LINESTYLES)],
-                    label=opt)
+                    alpha=0.9, linestyle=_PROFILE_LINESTYLES[i % len(_PROFILE_LINESTYLES)], label=opt)
         if np.all(taus[np.isfinite(taus)] > 0):
             ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.03)
@@ -560,22 +513,13 @@ def _profile_figure(summary: dict[str, Any], optimizers: Sequence[str],
     return "performance_profiles", title, caption, _png(fig)
 
 
-def _grad_norm_figure(task: str, groups: dict[str, list[StoredRun]],
-                      colors: dict[str, str]) -> _Made | None:
-    has_norms = any(_series(run.history, "epochs", "grad_norm", positive=True)[0].size
-                    for group in groups.values() for run in group)
-    if not has_norms:
+def _grad_norm_figure(task: str, groups: _Groups, colors: dict[str, str]) -> _Made | None:
+    if not _has_series(groups, "epochs", "grad_norm", positive=True):
         return None
-    fig = _new_figure()
-    ax = fig.add_subplot()
+    ax = _new_figure().add_subplot()
     ax.set_yscale("log")
     _, diverged = _draw_curves(ax, groups, colors, "epochs", "grad_norm", log=True, cap=False)
     ax.set_xlim(left=0)
-    ax.set_xlabel(_X_LABELS["epochs"])
-    ax.set_ylabel("norm of the step's gradient (log scale)")
-    title = f"{task}: gradient norm"
-    ax.set_title(title)
-    _finish_legend(ax, _legend_extras(diverged, None))
     caption = (
         "Euclidean norm of the gradient each step used, along the final runs: the exact "
         "full-batch gradient for full-batch methods, the mini-batch (or one-sample) gradient for "
@@ -583,7 +527,8 @@ def _grad_norm_figure(task: str, groups: dict[str, list[StoredRun]],
         "A full-batch norm that falls by decades means convergence; one that grows by decades "
         "signals instability (crosses: diverged runs)."
     )
-    return "grad_norm", title, caption, _png(fig)
+    return _finish(ax, "grad_norm", f"{task}: gradient norm", _X_LABELS["epochs"],
+                   "norm of the step's gradient (log scale)", caption, _legend_extras(diverged, None))
 
 
 def _diagnostic_series(run: StoredRun, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -625,14 +570,12 @@ def _value_scale(values: np.ndarray) -> str:
     return "log" if positive.size == values.size else "symlog"
 
 
-def _sharpness_figure(task: str, groups: dict[str, list[StoredRun]],
-                      colors: dict[str, str]) -> _Made | None:
+def _sharpness_figure(task: str, groups: _Groups, colors: dict[str, str]) -> _Made | None:
     tracked = [(opt, run) for opt, group in groups.items() for run in group
                if _diagnostic_series(run, "sharpness")[0].size]
     if not tracked:
         return None
-    fig = _new_figure()
-    ax = fig.add_subplot()
+    ax = _new_figure().add_subplot()
     labelled: set[str] = set()
     values: list[float] = []
     counts = {opt: sum(o == opt for o, _ in tracked) for opt, _ in tracked}
@@ -660,17 +603,13 @@ def _sharpness_figure(task: str, groups: dict[str, list[StoredRun]],
         # Power iteration can return a value <= 0 (a negative dominant eigenvalue); symlog keeps
         # those visible while still spreading the decades above.
         ax.set_yscale("symlog", linthresh=float(np.max(np.abs(values))) * 1e-3)
-    suffix = "" if scale == "linear" else f" ({scale} scale)"
-    ax.set_ylabel(f"sharpness $\\lambda_{{\\max}}$ and 2/lr{suffix}")
+    scale_note = "" if scale == "linear" else f" ({scale} scale)"
     ax.set_xlim(left=0)
-    ax.set_xlabel(_X_LABELS["epochs"])
-    title = f"{task}: sharpness and the stability threshold 2/lr"
-    ax.set_title(title)
-    ax.legend(loc="best", framealpha=0.85)
     caption = (
         "Largest Hessian eigenvalue of the full-batch training loss (solid) against 2/lr (dashed, "
         "same colour) for the final runs that tracked it. Gradient descent with step lr on a "
         "quadratic is stable only while sharpness < 2/lr; a solid line reaching its dashed line is "
         "the edge of stability."
     )
-    return "sharpness", title, caption, _png(fig)
+    return _finish(ax, "sharpness", f"{task}: sharpness and the stability threshold 2/lr",
+                   _X_LABELS["epochs"], f"sharpness $\\lambda_{{\\max}}$ and 2/lr{scale_note}", caption)

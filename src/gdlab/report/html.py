@@ -98,33 +98,20 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure],
     colors = optimizer_colors(optimizers)
     sections = _sections(summary, figures, runs)
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>gdlab report: {esc(study)}</title>",
-        f"<style>\n{_CSS}\n</style>",
-        "</head>",
-        "<body>",
-        f"<h1>gdlab report: {esc(study)}</h1>",
-        f'<p class="meta">{esc(_overview(summary, runs))}</p>',
-        "<h2>How to read this</h2>",
-        f'<p class="howto">{esc(HOW_TO_READ)}</p>',
-        "<nav><ul>",
+        f"<title>gdlab report: {esc(study)}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
+        f"<h1>gdlab report: {esc(study)}</h1>", f'<p class="meta">{esc(_overview(summary, runs))}</p>',
+        "<h2>How to read this</h2>", f'<p class="howto">{esc(HOW_TO_READ)}</p>', "<nav><ul>",
+        *(f'<li><a href="#section-{i}">{esc(section)}</a></li>' for i, (section, _) in enumerate(sections)),
+        "</ul></nav>",
     ]
-    for i, (section, _) in enumerate(sections):
-        parts.append(f'<li><a href="#section-{i}">{esc(section)}</a></li>')
-    parts.append("</ul></nav>")
     for i, (section, members) in enumerate(sections):
-        parts.append(f'<section id="section-{i}">')
-        parts.append(f"<h2>{esc(section)}</h2>")
+        parts += [f'<section id="section-{i}">', f"<h2>{esc(section)}</h2>"]
         task = _task_of(section, summary)
         if task is not None:
             parts.extend(_html_task_block(task, summary, colors))
-        for figure in members:
-            parts.append(_html_figure(figure))
-        parts.append("</section>")
+        parts += [*map(_html_figure, members), "</section>"]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 
@@ -143,11 +130,9 @@ def render_markdown(summary: dict[str, Any], figures: Sequence[Figure],
             lines += [_md(_target_sentence(summary, task)), ""]
             headers, rows = _ranking_table(summary.get("ranking", {}).get(task, []))
             if rows:
-                lines.append("| " + " | ".join(_md(h) for h in headers) + " |")
-                rule = ("---:" if h in _NUMERIC else "---" for h in headers)
-                lines.append("|" + "|".join(rule) + "|")
-                for row in rows:
-                    lines.append("| " + " | ".join(_md(cell) for cell in row) + " |")
+                cells = ["| " + " | ".join(map(_md, row)) + " |" for row in [headers, *rows]]
+                rule = "|".join("---:" if h in _NUMERIC else "---" for h in headers)
+                lines += [cells[0], f"|{rule}|", *cells[1:]]
             else:
                 lines.append("No ranking for this task.")
             lines.append("")
@@ -167,9 +152,7 @@ def _sections(summary: dict[str, Any], figures: Sequence[Figure],
 
 def _task_of(section: str, summary: dict[str, Any]) -> str | None:
     prefix = task_section("")
-    if not section.startswith(prefix):
-        return None
-    return section[len(prefix):]
+    return section[len(prefix):] if section.startswith(prefix) else None
 
 
 def _overview(summary: dict[str, Any], runs: Sequence[StoredRun]) -> str:
@@ -204,8 +187,7 @@ _NUMERIC = {"rank", "best lr", "diverged"}
 
 
 def _ranking_table(entries: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    with_accuracy = any((e.get("final_test_accuracy") or {}).get("mean") is not None
-                        for e in entries)
+    with_accuracy = any((e.get("final_test_accuracy") or {}).get("mean") is not None for e in entries)
     headers = ["rank", "optimizer", "best lr", "final train loss, mean [CI]"]
     if with_accuracy:
         headers.append("test accuracy, mean [CI]")
@@ -218,8 +200,7 @@ def _ranking_table(entries: Sequence[dict[str, Any]]) -> tuple[list[str], list[l
         if with_accuracy:
             row.append(_stat(entry.get("final_test_accuracy"), percent=True))
         row += [_to_target(entry.get("time_to_target"), "s"),
-                _to_target(entry.get("evals_to_target"), "epochs"),
-                _fraction(entry.get("diverged_fraction"))]
+                _to_target(entry.get("evals_to_target"), "epochs"), _fraction(entry.get("diverged_fraction"))]
         rows.append(row)
     return headers, rows
 
@@ -249,9 +230,7 @@ def _to_target(result: dict[str, Any] | None, unit: str) -> str:
     result = result or {}
     counts = f"({result.get('reached', 0)}/{result.get('runs', 0)})"
     median = result.get("median")
-    if median is None:
-        return f"not reached {counts}"
-    return f"{median:.3g} {unit} {counts}"
+    return f"not reached {counts}" if median is None else f"{median:.3g} {unit} {counts}"
 
 
 def _html_task_block(task: str, summary: dict[str, Any], colors: dict[str, str]) -> list[str]:
@@ -260,9 +239,8 @@ def _html_task_block(task: str, summary: dict[str, Any], colors: dict[str, str])
     headers, rows = _ranking_table(summary.get("ranking", {}).get(task, []))
     if not rows:
         return parts + ["<p>No ranking for this task.</p>"]
-    parts.append(f'<table class="ranking" aria-label="{esc(f"ranking on {task}", quote=True)}">')
-    parts.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>")
-    parts.append("<tbody>")
+    parts += [f'<table class="ranking" aria-label="{esc(f"ranking on {task}", quote=True)}">',
+              "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
     for row in rows:
         cells = []
         for header, cell in zip(headers, row):
@@ -270,25 +248,19 @@ def _html_task_block(task: str, summary: dict[str, Any], colors: dict[str, str])
                 color = colors.get(cell, "#999999")
                 swatch = f'<span class="swatch" style="background:{esc(color, quote=True)}"></span>'
                 cells.append(f"<td>{swatch}{esc(cell)}</td>")
-            elif header in _NUMERIC:
-                cells.append(f'<td class="num">{esc(cell)}</td>')
             else:
-                cells.append(f"<td>{esc(cell)}</td>")
+                num = ' class="num"' if header in _NUMERIC else ""
+                cells.append(f"<td{num}>{esc(cell)}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts += ["</tbody>", "</table>"]
     return parts
 
 
-def _png_size(png: bytes) -> tuple[int, int] | None:
-    if len(png) < 24 or png[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", png[16:24])
-
-
 def _html_figure(figure: Figure) -> str:
     esc = html.escape
     data = base64.b64encode(figure.png).decode("ascii")
-    size = _png_size(figure.png)
+    png = figure.png
+    size = struct.unpack(">II", png[16:24]) if len(png) >= 24 and png[12:16] == b"IHDR" else None
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     return (f'<figure id="figure-{esc(figure.name, quote=True)}">'
             f'<img src="data:image/png;base64,{data}" alt="{esc(figure.title, quote=True)}"{dims}>'

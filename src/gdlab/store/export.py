@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import re
 import tempfile
@@ -33,13 +34,12 @@ def export_query(store: RunStore, sql_or_table: str, out_path: str | Path) -> in
         _require_pyarrow()
     sql = _as_select(sql_or_table.strip())
     columns, rows = store.query(sql)
-    write = _write_csv if suffix == ".csv" else _write_parquet
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp, columns, rows)
+        (_write_csv if suffix == ".csv" else _write_parquet)(tmp, columns, rows)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -57,8 +57,7 @@ def _as_select(sql_or_table: str) -> str:
 
 def _require_pyarrow() -> None:
     try:
-        import pyarrow  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
+        importlib.import_module("pyarrow.parquet")
     except ImportError:
         raise GdlabError("Parquet export needs pyarrow: install pyarrow "
                          "(pip install gdlab[parquet]), or export to .csv") from None

@@ -56,71 +56,33 @@ _METRIC_COLUMNS = ("step", "epochs", "wall_time_s", "batch_loss", "train_loss", 
 _EVENT_COLUMNS = ("step", "kind", "detail")
 _ABSENT = "_absent_keys"
 
+
+def _table(name: str, *columns: str) -> str:
+    """CREATE TABLE with one column per line, the text SQLite keeps in sqlite_master."""
+    return f"CREATE TABLE {name} (\n" + ",\n".join(f"        {c}" for c in columns) + "\n    )"
+
+
+_RUN_DEFINITIONS = (
+    "run_key TEXT PRIMARY KEY", "study TEXT NOT NULL", "task TEXT NOT NULL", "optimizer TEXT NOT NULL",
+    "phase TEXT NOT NULL", "trial INTEGER", "seed INTEGER", "lr REAL", "params_json TEXT NOT NULL",
+    "status TEXT", "train_loss REAL", "test_loss REAL", "test_accuracy REAL", "epochs REAL",
+    "wall_time_s REAL", "steps INTEGER", "config_json TEXT NOT NULL", "environment_json TEXT NOT NULL",
+    "final_json TEXT NOT NULL", "extra_json TEXT", "created_at TEXT NOT NULL",
+)
+_RUN_COLUMNS = tuple(definition.split()[0] for definition in _RUN_DEFINITIONS)
+_CHILD_KEY = "run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE"
 _SCHEMA = (
-    """CREATE TABLE studies (
-        name TEXT PRIMARY KEY,
-        spec_json TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE runs (
-        run_key TEXT PRIMARY KEY,
-        study TEXT NOT NULL,
-        task TEXT NOT NULL,
-        optimizer TEXT NOT NULL,
-        phase TEXT NOT NULL,
-        trial INTEGER,
-        seed INTEGER,
-        lr REAL,
-        params_json TEXT NOT NULL,
-        status TEXT,
-        train_loss REAL,
-        test_loss REAL,
-        test_accuracy REAL,
-        epochs REAL,
-        wall_time_s REAL,
-        steps INTEGER,
-        config_json TEXT NOT NULL,
-        environment_json TEXT NOT NULL,
-        final_json TEXT NOT NULL,
-        extra_json TEXT,
-        created_at TEXT NOT NULL
-    )""",
+    _table("studies", "name TEXT PRIMARY KEY", "spec_json TEXT NOT NULL", "created_at TEXT NOT NULL"),
+    _table("runs", *_RUN_DEFINITIONS),
     "CREATE INDEX runs_study ON runs(study)",
-    """CREATE TABLE metrics (
-        run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
-        step INTEGER,
-        epochs REAL,
-        wall_time_s REAL,
-        batch_loss REAL,
-        train_loss REAL,
-        grad_norm REAL,
-        lr REAL,
-        test_loss REAL,
-        test_accuracy REAL,
-        extra_json TEXT
-    )""",
+    _table("metrics", _CHILD_KEY, "step INTEGER", *(f"{c} REAL" for c in _METRIC_COLUMNS[1:]),
+           "extra_json TEXT"),
     "CREATE INDEX metrics_run_key ON metrics(run_key)",
-    """CREATE TABLE events (
-        run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
-        step INTEGER,
-        kind TEXT,
-        detail TEXT,
-        extra_json TEXT
-    )""",
+    _table("events", _CHILD_KEY, "step INTEGER", "kind TEXT", "detail TEXT", "extra_json TEXT"),
     "CREATE INDEX events_run_key ON events(run_key)",
-    """CREATE TABLE diagnostics (
-        run_key TEXT NOT NULL REFERENCES runs(run_key) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        step INTEGER,
-        value REAL
-    )""",
+    _table("diagnostics", _CHILD_KEY, "name TEXT NOT NULL", "step INTEGER", "value REAL"),
     "CREATE INDEX diagnostics_run_key ON diagnostics(run_key)",
 )
-
-_RUN_COLUMNS = ("run_key", "study", "task", "optimizer", "phase", "trial", "seed", "lr",
-                "params_json", "status", "train_loss", "test_loss", "test_accuracy", "epochs",
-                "wall_time_s", "steps", "config_json", "environment_json", "final_json",
-                "extra_json", "created_at")
 
 # Leading whitespace and SQL comments, then the first keyword of the statement.
 _FIRST_KEYWORD = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL)
@@ -268,10 +230,9 @@ class RunStore:
         extra = {k: v for k, v in record.items() if k not in _RUN_PARTS}
         row = (
             run.run_key, run.study, run.task, run.optimizer, run.phase, run.trial, run.seed,
-            _cell(run.lr), _dumps(run.params), _cell(final.get("status")),
-            _cell(final.get("train_loss")), _cell(final.get("test_loss")),
-            _cell(final.get("test_accuracy")), _cell(final.get("epochs")),
-            _cell(final.get("wall_time_s")), _cell(final.get("step")),
+            _cell(run.lr), _dumps(run.params),
+            *(_cell(final.get(k)) for k in ("status", "train_loss", "test_loss", "test_accuracy", "epochs",
+                                            "wall_time_s", "step")),
             _dumps(record.get("config", {})), _dumps(record.get("environment", {})),
             _dumps(final), _dumps(extra) if extra else None, _now(),
         )
@@ -281,7 +242,7 @@ class RunStore:
             conn.execute(f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * len(_RUN_COLUMNS))})", row)
             _insert_history(conn, run.run_key, record.get("history", []))
-            _insert_events(conn, run.run_key, record.get("events", []))
+            _insert_items(conn, "events", _EVENT_COLUMNS, run.run_key, record.get("events", []))
             _insert_diagnostics(conn, run.run_key, record.get("diagnostics", {}))
         return True
 
@@ -298,33 +259,23 @@ class RunStore:
             history: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in run_rows}
             events: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in run_rows}
             diagnostics: dict[str, dict[str, list[dict[str, Any]]]] = {r[0]: {} for r in run_rows}
-            for key, *values, extra_json in conn.execute(
-                f"SELECT run_key, {', '.join(_METRIC_COLUMNS)}, extra_json FROM metrics "
-                f"WHERE run_key IN ({selected}) ORDER BY run_key, rowid", params
-            ):
-                history[key].append(_join(_METRIC_COLUMNS, values, extra_json))
-            for key, *values, extra_json in conn.execute(
-                f"SELECT run_key, {', '.join(_EVENT_COLUMNS)}, extra_json FROM events "
-                f"WHERE run_key IN ({selected}) ORDER BY run_key, rowid", params
-            ):
-                events[key].append(_join(_EVENT_COLUMNS, values, extra_json))
-            for key, name, step, value in conn.execute(
-                f"SELECT run_key, name, step, value FROM diagnostics "
-                f"WHERE run_key IN ({selected}) ORDER BY run_key, rowid", params
-            ):
+
+            def rows_of(table: str, columns: str) -> sqlite3.Cursor:
+                return conn.execute(f"SELECT run_key, {columns} FROM {table} "
+                                    f"WHERE run_key IN ({selected}) ORDER BY run_key, rowid", params)
+
+            for table, columns, items in (("metrics", _METRIC_COLUMNS, history),
+                                          ("events", _EVENT_COLUMNS, events)):
+                for key, *values, extra_json in rows_of(table, f"{', '.join(columns)}, extra_json"):
+                    items[key].append(_join(columns, values, extra_json))
+            for key, name, step, value in rows_of("diagnostics", "name, step, value"):
                 diagnostics[key].setdefault(name, []).append({"step": step, "value": value})
         stored = []
         for row in run_rows:
             r = dict(zip(_RUN_COLUMNS, row))
             key = r["run_key"]
-            record = {
-                "config": json.loads(r["config_json"]),
-                "environment": json.loads(r["environment_json"]),
-                "final": json.loads(r["final_json"]),
-                "history": history[key],
-                "events": events[key],
-                "diagnostics": diagnostics[key],
-            }
+            record = {part: json.loads(r[f"{part}_json"]) for part in ("config", "environment", "final")}
+            record.update(history=history[key], events=events[key], diagnostics=diagnostics[key])
             if r["extra_json"]:
                 record.update(json.loads(r["extra_json"]))
             stored.append(StoredRun(
@@ -343,25 +294,21 @@ class RunStore:
     def studies(self) -> list[str]:
         """Names of the studies with a saved spec or with stored runs, sorted."""
         with self._user_errors():
-            rows = self._conn.execute(
-                "SELECT name FROM studies UNION SELECT study FROM runs ORDER BY 1").fetchall()
-        return [r[0] for r in rows]
+            rows = self._conn.execute("SELECT name FROM studies UNION SELECT study FROM runs ORDER BY 1")
+            return [r[0] for r in rows]
 
     def save_study(self, name: str, spec: dict[str, Any]) -> None:
         """Save a study's validated spec as JSON, replacing an earlier spec of the same name
         (its first ``created_at`` is kept)."""
         with self._user_errors(), self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO studies (name, spec_json, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET spec_json = excluded.spec_json",
-                (name, _dumps(spec), _now()),
-            )
+            conn.execute("INSERT INTO studies (name, spec_json, created_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET spec_json = excluded.spec_json",
+                         (name, _dumps(spec), _now()))
 
     def study_spec(self, name: str) -> dict[str, Any] | None:
         """The saved spec of study ``name``, or None if none was saved."""
         with self._user_errors():
-            row = self._conn.execute("SELECT spec_json FROM studies WHERE name = ?",
-                                     (name,)).fetchone()
+            row = self._conn.execute("SELECT spec_json FROM studies WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
@@ -378,8 +325,8 @@ class RunStore:
             columns = [d[0] for d in cursor.description or ()]
             rows = cursor.fetchall()
         except (sqlite3.Error, sqlite3.Warning) as exc:
-            raise GdlabError(f"query {_preview(sql)!r} failed: {str(exc).rstrip('.')}; it must be one read-only "
-                             f"SELECT over the tables {', '.join(TABLES)}") from None
+            raise GdlabError(f"query {_preview(sql)!r} failed: {str(exc).rstrip('.')}; it must be one "
+                             f"read-only SELECT over the tables {', '.join(TABLES)}") from None
         return columns, rows
 
     def _read_only(self) -> sqlite3.Connection:
@@ -394,19 +341,14 @@ class RunStore:
 
 
 def _insert_history(conn: sqlite3.Connection, run_key: str, history: list[dict[str, Any]]) -> None:
-    conn.executemany(
-        f"INSERT INTO metrics (run_key, {', '.join(_METRIC_COLUMNS)}, extra_json) "
-        f"VALUES (?, {', '.join('?' * len(_METRIC_COLUMNS))}, ?)",
-        ((run_key, *_split(_METRIC_COLUMNS, item)) for item in history),
-    )
+    _insert_items(conn, "metrics", _METRIC_COLUMNS, run_key, history)
 
 
-def _insert_events(conn: sqlite3.Connection, run_key: str, events: list[dict[str, Any]]) -> None:
-    conn.executemany(
-        f"INSERT INTO events (run_key, {', '.join(_EVENT_COLUMNS)}, extra_json) "
-        f"VALUES (?, {', '.join('?' * len(_EVENT_COLUMNS))}, ?)",
-        ((run_key, *_split(_EVENT_COLUMNS, item)) for item in events),
-    )
+def _insert_items(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], run_key: str,
+                  items: list[dict[str, Any]]) -> None:
+    conn.executemany(f"INSERT INTO {table} (run_key, {', '.join(columns)}, extra_json) "
+                     f"VALUES (?, {', '.join('?' * len(columns))}, ?)",
+                     ((run_key, *_split(columns, item)) for item in items))
 
 
 def _insert_diagnostics(conn: sqlite3.Connection, run_key: str,

@@ -30,15 +30,9 @@ DEFAULT_ENTRIES = (
 )
 
 
-def plan_demo(
-    task: str = "digits",
-    *,
-    epochs: float = 20.0,
-    seed: int = 0,
-    model: str | None = None,
-    entries: Sequence[DemoEntry] = DEFAULT_ENTRIES,
-    extra: dict | None = None,
-) -> list[tuple[DemoEntry, RunConfig, PreparedRun]]:
+def plan_demo(task: str = "digits", *, epochs: float = 20.0, seed: int = 0, model: str | None = None,
+              entries: Sequence[DemoEntry] = DEFAULT_ENTRIES,
+              extra: dict | None = None) -> list[tuple[DemoEntry, RunConfig, PreparedRun]]:
     """Build and check every run of the demo before any trains (so a mistake fails at once).
 
     Each run gets ``epochs`` gradient evaluations / N, the same seed and so the same initial
@@ -46,10 +40,9 @@ def plan_demo(
     """
     planned = []
     for entry in entries:
-        config = RunConfig.from_dict(
-            dict(task=task, model=model, optimizer="gd", lr=entry.lr, regime=entry.regime,
-                 batch_size=entry.batch_size, max_epochs=epochs, seed=seed, **(extra or {}))
-        )
+        config = RunConfig.from_dict(dict(task=task, model=model, optimizer="gd", lr=entry.lr,
+                                          regime=entry.regime, batch_size=entry.batch_size,
+                                          max_epochs=epochs, seed=seed, **(extra or {})))
         planned.append((entry, config, prepare(config)))
     return planned
 

@@ -66,19 +66,26 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
     outcome = PairOutcome(task.name, opt.name, None)
     with RunStore(store_path) as store:
 
-        def execute(phase: str, trial: int | None, lr: float, seed: int) -> float | None:
-            key = spec.run_key(task, opt, phase, trial, lr, seed)
+        def lookup(key: str) -> list[tuple[Any, ...]]:
+            """The stored (status, train_loss) of the run, as one row; none if it is not stored."""
             _, rows = store.query("SELECT status, train_loss FROM runs WHERE run_key = ?", (key,))
             if rows:
                 outcome.skipped += 1
-                return _objective(*rows[0])
-            result = run(spec.run_config(task, opt, lr, seed))
+            return rows
+
+        def keep(key: str, phase: str, trial: int | None, lr: float, seed: int, result: Any) -> float | None:
             record = result.to_record()
-            stored = StoredRun(key, spec.name, task.name, opt.name, phase, trial, seed, float(lr),
-                               dict(opt.params), record)
-            if store.add_run(stored):
+            if store.add_run(StoredRun(key, spec.name, task.name, opt.name, phase, trial, seed, float(lr),
+                                       dict(opt.params), record)):
                 outcome.ran += 1
             return _objective(record["final"]["status"], record["final"]["train_loss"])
+
+        def execute(phase: str, trial: int | None, lr: float, seed: int) -> float | None:
+            key = spec.run_key(task, opt, phase, trial, lr, seed)
+            rows = lookup(key)
+            if rows:
+                return _objective(*rows[0])
+            return keep(key, phase, trial, lr, seed, run(spec.run_config(task, opt, lr, seed)))
 
         def execute_many(trials: list[tuple[int, float]]) -> list[float | None]:
             """Tuning trials as one sweep (stacked when the model allows and it is faster)."""
@@ -86,21 +93,15 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
             missing = []
             for number, lr in trials:
                 key = spec.run_key(task, opt, "tune", number, lr, spec.tuning_seed)
-                _, rows = store.query("SELECT status, train_loss FROM runs WHERE run_key = ?", (key,))
+                rows = lookup(key)
                 if rows:
-                    outcome.skipped += 1
                     values[number] = _objective(*rows[0])
                 else:
                     missing.append((number, lr, key))
 
             def stored(i: int, result: Any) -> None:
                 number, lr, key = missing[i]
-                record = result.to_record()
-                run_row = StoredRun(key, spec.name, task.name, opt.name, "tune", number, spec.tuning_seed,
-                                    float(lr), dict(opt.params), record)
-                if store.add_run(run_row):
-                    outcome.ran += 1
-                values[number] = _objective(record["final"]["status"], record["final"]["train_loss"])
+                values[number] = keep(key, "tune", number, lr, spec.tuning_seed, result)
 
             configs = [spec.run_config(task, opt, lr, spec.tuning_seed) for _, lr, _ in missing]
             run_sweep(configs, on_result=stored)
@@ -122,13 +123,8 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
     return outcome
 
 
-def run_study(
-    spec: StudySpec,
-    store_path: str | Path,
-    *,
-    workers: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> list[PairOutcome]:
+def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = None,
+              on_progress: Callable[[int, int], None] | None = None) -> list[PairOutcome]:
     """Run every pair of ``spec`` (``workers`` processes, default the study's) into the store.
 
     ``on_progress(stored, total)`` is called about twice a second with the number of this study's
@@ -171,10 +167,8 @@ def run_study(
                 if on_progress:
                     on_progress(stored_count(), total)
         except cf.process.BrokenProcessPool:
-            raise WorkerDiedError(
-                "a study worker process died (killed or out of memory); finished runs are stored: "
-                "run the same command again to resume"
-            ) from None
+            raise WorkerDiedError("a study worker process died (killed or out of memory); finished runs are "
+                                  "stored: run the same command again to resume") from None
         except KeyboardInterrupt:
             for fut in pending:
                 fut.cancel()

@@ -33,9 +33,7 @@ class Target:
 
     def reached(self, observed: float) -> bool:
         """Whether one observed value of the metric meets the target."""
-        if self.higher_is_better:
-            return observed >= self.value
-        return observed <= self.value
+        return observed >= self.value if self.higher_is_better else observed <= self.value
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -49,9 +47,8 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def time_to_target(
-    history: list[dict[str, Any]], target: Target, measure: str = "wall_time_s"
-) -> float | None:
+def time_to_target(history: list[dict[str, Any]], target: Target,
+                   measure: str = "wall_time_s") -> float | None:
     """The ``measure`` (wall time in s, or ``"epochs"`` = gradient evaluations / N) at the first
     history record whose metric reaches ``target``; None means "not reached".
 
@@ -66,9 +63,8 @@ def time_to_target(
     return None
 
 
-def area_under_curve(
-    history: list[dict[str, Any]], metric: str = "train_loss", measure: str = "epochs", log: bool = True
-) -> float | None:
+def area_under_curve(history: list[dict[str, Any]], metric: str = "train_loss", measure: str = "epochs",
+                     log: bool = True) -> float | None:
     """The mean level of a metric curve: the trapezoid area of ``log10(metric)`` (or ``metric``
     when ``log`` is False) over ``measure``, divided by the measure's span.
 
@@ -79,8 +75,7 @@ def area_under_curve(
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
     points = []
     for record in history:
-        x = finite_or_none(record.get(measure))
-        y = finite_or_none(record.get(metric))
+        x, y = finite_or_none(record.get(measure)), finite_or_none(record.get(metric))
         if x is None or y is None or (log and y <= 0):
             continue
         points.append((x, math.log10(y) if log else y))
@@ -110,9 +105,8 @@ class SeedStats:
     diverged_fraction: float
 
 
-def seed_statistics(
-    values: Sequence[float | None], diverged: Sequence[bool], confidence: float = 0.95
-) -> SeedStats:
+def seed_statistics(values: Sequence[float | None], diverged: Sequence[bool],
+                    confidence: float = 0.95) -> SeedStats:
     """Mean, sample standard deviation and t-interval of the mean over the runs that did not diverge
     and have a finite value; ``values[i]`` and ``diverged[i]`` describe run i."""
     if len(values) != len(diverged):
@@ -133,9 +127,8 @@ def seed_statistics(
     return SeedStats(n, mean, std, mean - half, mean + half, diverged_fraction)
 
 
-def rank_optimizers(
-    per_optimizer: dict[str, SeedStats], lower_is_better: bool = True
-) -> list[tuple[str, int]]:
+def rank_optimizers(per_optimizer: dict[str, SeedStats],
+                    lower_is_better: bool = True) -> list[tuple[str, int]]:
     """(optimizer, rank) pairs, best first; rank 1 = best mean.
 
     Ties share the best rank of their group and the next rank skips ("1, 2, 2, 4", competition

@@ -60,9 +60,8 @@ def default_taus(ratios: dict[str, dict[str, float]], points: int = DEFAULT_GRID
     return sorted(grid | finite | {1.0})
 
 
-def performance_profile(
-    costs: dict[str, dict[str, float | None]], taus: Sequence[float] | None = None
-) -> tuple[list[float], dict[str, list[float]]]:
+def performance_profile(costs: dict[str, dict[str, float | None]],
+                        taus: Sequence[float] | None = None) -> tuple[list[float], dict[str, list[float]]]:
     """``(taus, {solver: [rho_s(tau) for tau in taus]})`` with ``rho_s(tau)`` = the fraction of all
     tasks (unsolved ones included) whose performance ratio for ``s`` is ``<= tau``.
 

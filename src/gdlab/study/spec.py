@@ -108,8 +108,7 @@ class StudySpec:
         fields = dict(task.run_fields)
         fields.update(
             optimizer=opt.optimizer, lr=lr, optimizer_params=dict(opt.params), regime=opt.regime,
-            batch_size=opt.batch_size, seed=seed, data_seed=self.tuning_seed,
-            max_epochs=task.budget.epochs,
+            batch_size=opt.batch_size, seed=seed, data_seed=self.tuning_seed, max_epochs=task.budget.epochs,
             time_budget_s=task.budget.time_s, steps=task.budget.steps,
             # a diverged trial must fail, not be rescued by a smaller lr than the one under test
             nonfinite_policy="stop", divergence_factor=1e4, eval_every=None,
@@ -131,8 +130,7 @@ class StudySpec:
 
 def load_study(path: str | Path) -> StudySpec:
     """Read and validate a study file (GdlabError on any mistake, naming the field)."""
-    data = load_config_file(path)
-    return parse_study(data, source=str(path))
+    return parse_study(load_config_file(path), source=str(path))
 
 
 def _where(source: str, path: str) -> str:
@@ -142,10 +140,8 @@ def _where(source: str, path: str) -> str:
 def _check_keys(data: dict, allowed: tuple[str, ...], source: str, path: str) -> None:
     for key in data:
         if key not in allowed:
-            raise GdlabError(
-                f"{_where(source, path)}: unknown field '{key}'{did_you_mean(str(key), allowed)}; "
-                f"valid fields: {', '.join(allowed)}"
-            )
+            raise GdlabError(f"{_where(source, path)}: unknown field '{key}'"
+                             f"{did_you_mean(str(key), allowed)}; valid fields: {', '.join(allowed)}")
 
 
 def _number(value: Any, source: str, path: str, *, positive: bool = False, integer: bool = False) -> float:
@@ -160,9 +156,8 @@ def _number(value: Any, source: str, path: str, *, positive: bool = False, integ
 
 def _label(value: Any, source: str, path: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise GdlabError(
-            f"{_where(source, path)} must be a name of letters, digits, '.', '-' or '_', got {value!r}"
-        )
+        raise GdlabError(f"{_where(source, path)} must be a name of letters, digits, '.', '-' or '_', "
+                         f"got {value!r}")
     return value
 
 
@@ -176,30 +171,28 @@ def _parse_task(i: int, raw: Any, source: str) -> TaskEntry:
     name = _label(raw.get("name", raw.get("task")), source, f"{path}.name")
     budget_raw = raw.get("budget")
     if not isinstance(budget_raw, dict) or not budget_raw:
-        raise GdlabError(f"{_where(source, path)}.budget must be a mapping such as {{epochs: 20}} or {{time_s: 30}}")
+        raise GdlabError(f"{_where(source, path)}.budget must be a mapping such as {{epochs: 20}} "
+                         "or {time_s: 30}")
     _check_keys(budget_raw, ("epochs", "time_s", "steps"), source, f"{path}.budget")
-    budget = Budget(
-        epochs=None if budget_raw.get("epochs") is None else _number(budget_raw["epochs"], source, f"{path}.budget.epochs", positive=True),
-        time_s=None if budget_raw.get("time_s") is None else _number(budget_raw["time_s"], source, f"{path}.budget.time_s", positive=True),
-        steps=None if budget_raw.get("steps") is None else _number(budget_raw["steps"], source, f"{path}.budget.steps", positive=True, integer=True),
-    )
+    budget = Budget(**{
+        key: None if budget_raw.get(key) is None
+        else _number(budget_raw[key], source, f"{path}.budget.{key}", positive=True, integer=key == "steps")
+        for key in ("epochs", "time_s", "steps")
+    })
     if budget.epochs is None and budget.time_s is None and budget.steps is None:
         raise GdlabError(f"{_where(source, path)}.budget needs epochs, time_s or steps")
     target_raw = raw.get("target")
     if not isinstance(target_raw, dict) or len(target_raw) != 1:
-        raise GdlabError(
-            f"{_where(source, path)}.target must hold exactly one of {', '.join(TARGET_METRICS)}, "
-            "e.g. {train_loss: 0.1}"
-        )
+        raise GdlabError(f"{_where(source, path)}.target must hold exactly one of "
+                         f"{', '.join(TARGET_METRICS)}, e.g. {{train_loss: 0.1}}")
     (metric, value), = target_raw.items()
     if metric not in TARGET_METRICS:
-        raise GdlabError(
-            f"{_where(source, path)}.target: unknown metric '{metric}'{did_you_mean(str(metric), TARGET_METRICS)}; "
-            f"use one of {', '.join(TARGET_METRICS)}"
-        )
+        raise GdlabError(f"{_where(source, path)}.target: unknown metric '{metric}'"
+                         f"{did_you_mean(str(metric), TARGET_METRICS)}; "
+                         f"use one of {', '.join(TARGET_METRICS)}")
     value = _number(value, source, f"{path}.target.{metric}")
-    run_fields = {k: raw[k] for k in ("task", "data", "model", "loss", "n_samples", "l1", "l2", "dtype",
-                                      "layer_mode") if raw.get(k) is not None}
+    run_fields = {k: raw[k] for k in _TASK_KEYS
+                  if k not in ("name", "budget", "target") and raw.get(k) is not None}
     return TaskEntry(name, run_fields, budget, metric, value)
 
 
@@ -219,10 +212,8 @@ def _parse_optimizer(i: int, raw: Any, source: str) -> OptimizerEntry:
         low = _number(lr["low"], source, f"{path}.lr.low", positive=True)
         high = _number(lr["high"], source, f"{path}.lr.high", positive=True)
         if not low < high:
-            raise GdlabError(
-                f"{_where(source, path)}.lr: the search space is empty (low {low:g} >= high {high:g}); "
-                "give low < high, or a single number for a fixed lr"
-            )
+            raise GdlabError(f"{_where(source, path)}.lr: the search space is empty (low {low:g} >= "
+                             f"high {high:g}); give low < high, or a single number for a fixed lr")
     elif lr is not None:
         low = high = _number(lr, source, f"{path}.lr", positive=True)
     else:
@@ -258,10 +249,8 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
     _check_keys(tuning, ("sampler", "trials", "seed"), source, "tuning")
     sampler = tuning.get("sampler", "grid")
     if sampler not in SAMPLERS:
-        raise GdlabError(
-            f"{_where(source, 'tuning.sampler')}: unknown sampler '{sampler}'"
-            f"{did_you_mean(str(sampler), SAMPLERS)}; use one of {', '.join(SAMPLERS)}"
-        )
+        raise GdlabError(f"{_where(source, 'tuning.sampler')}: unknown sampler '{sampler}'"
+                         f"{did_you_mean(str(sampler), SAMPLERS)}; use one of {', '.join(SAMPLERS)}")
     trials = int(_number(tuning.get("trials", 8), source, "tuning.trials", positive=True, integer=True))
     tuning_seed = int(_number(tuning.get("seed", 0), source, "tuning.seed", integer=True))
     for key in ("tasks", "optimizers"):
@@ -273,7 +262,8 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
         names = [e.name for e in entries]
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
-            raise GdlabError(f"{_where(source, kind)}: the name '{dup}' is used twice; give each entry its own name")
+            raise GdlabError(f"{_where(source, kind)}: the name '{dup}' is used twice; "
+                             "give each entry its own name")
     for opt_key in ("store", "report", "description"):
         if data.get(opt_key) is not None and not isinstance(data[opt_key], str):
             raise GdlabError(f"{_where(source, opt_key)} must be a string")
@@ -305,6 +295,5 @@ def check_study_runs(spec: StudySpec) -> None:
                 validate_hyperparameters(opt.optimizer, opt.lr_low, **opt.params)
                 make_schedule(config.regime, n_train, batch_size=config.batch_size)
             except GdlabError as exc:
-                raise GdlabError(
-                    f"study '{spec.name}', task '{task.name}', optimizer '{opt.name}': {exc}"
-                ) from None
+                raise GdlabError(f"study '{spec.name}', task '{task.name}', "
+                                 f"optimizer '{opt.name}': {exc}") from None

@@ -11,15 +11,8 @@ from typing import Any
 
 from gdlab.errors import GdlabError
 from gdlab.store.records import StoredRun
-from gdlab.study.metrics import (
-    SeedStats,
-    Target,
-    area_under_curve,
-    finite_or_none,
-    rank_optimizers,
-    seed_statistics,
-    time_to_target,
-)
+from gdlab.study.metrics import (SeedStats, Target, area_under_curve, finite_or_none, rank_optimizers,
+                                 seed_statistics, time_to_target)
 from gdlab.study.profiles import performance_profile
 
 
@@ -33,11 +26,8 @@ def _diverged(run: StoredRun) -> bool:
 
 def _to_target(runs: list[StoredRun], target: Target, measure: str) -> dict[str, Any]:
     reached = [c for c in (time_to_target(r.history, target, measure) for r in runs) if c is not None]
-    return {
-        "median": float(statistics.median(reached)) if reached else None,
-        "reached": len(reached),
-        "runs": len(runs),
-    }
+    return {"median": float(statistics.median(reached)) if reached else None, "reached": len(reached),
+            "runs": len(runs)}
 
 
 def _mean_auc(runs: list[StoredRun]) -> float | None:
@@ -70,14 +60,9 @@ def _optimizer_row(runs: list[StoredRun], target: Target) -> dict[str, Any]:
 
 
 def _sensitivity_points(runs: list[StoredRun]) -> list[dict[str, Any]]:
-    points = [
-        {
-            "lr": float(r.lr),
-            "final_train_loss": None if _diverged(r) else finite_or_none(r.final.get("train_loss")),
-            "status": str(r.final.get("status", "unknown")),
-        }
-        for r in runs
-    ]
+    points = [{"lr": float(r.lr),
+               "final_train_loss": None if _diverged(r) else finite_or_none(r.final.get("train_loss")),
+               "status": str(r.final.get("status", "unknown"))} for r in runs]
     return sorted(points, key=lambda p: p["lr"])
 
 
@@ -102,8 +87,7 @@ def summarize_study(runs: list[StoredRun], targets: dict[str, Target]) -> dict[s
 
     ranking: dict[str, list[dict[str, Any]]] = {}
     sensitivity: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    time_costs: dict[str, dict[str, float | None]] = {}
-    eval_costs: dict[str, dict[str, float | None]] = {}
+    costs: dict[str, dict[str, dict[str, float | None]]] = {"time": {}, "evals": {}}
     for task in tasks:
         task_runs = [r for r in runs if r.task == task]
         task_optimizers = _first_seen([r.optimizer for r in task_runs])
@@ -115,14 +99,12 @@ def summarize_study(runs: list[StoredRun], targets: dict[str, Target]) -> dict[s
             sensitivity[task][optimizer] = _sensitivity_points([r for r in mine if r.phase == "tune"])
         order = rank_optimizers({o: SeedStats(**row["final_train_loss"]) for o, row in rows.items()})
         ranking[task] = [{"optimizer": o, "rank": rank, **rows[o]} for o, rank in order]
-        time_costs[task] = {o: rows[o]["time_to_target"]["median"] if o in rows else None
-                            for o in optimizers}
-        eval_costs[task] = {o: rows[o]["evals_to_target"]["median"] if o in rows else None
-                            for o in optimizers}
+        for name, key in (("time", "time_to_target"), ("evals", "evals_to_target")):
+            costs[name][task] = {o: rows[o][key]["median"] if o in rows else None for o in optimizers}
 
     profiles = {}
-    for name, costs in (("time", time_costs), ("evals", eval_costs)):
-        taus, curves = performance_profile(costs)
+    for name, per_task in costs.items():
+        taus, curves = performance_profile(per_task)
         profiles[name] = {"taus": taus, "curves": curves}
 
     return {

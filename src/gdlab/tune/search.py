@@ -49,14 +49,8 @@ def make_sampler(kind: str, trials: int, low: float, high: float, seed: int) -> 
 
 
 def search_learning_rate(
-    kind: str,
-    trials: int,
-    low: float,
-    high: float,
-    evaluate: Callable[[int, float], float | None],
-    *,
-    seed: int = 0,
-    evaluate_many: Callable[[list[tuple[int, float]]], list[float | None]] | None = None,
+    kind: str, trials: int, low: float, high: float, evaluate: Callable[[int, float], float | None], *,
+    seed: int = 0, evaluate_many: Callable[[list[tuple[int, float]]], list[float | None]] | None = None,
 ) -> SearchResult:
     """Try ``trials`` learning rates in [low, high] (log scale) chosen by sampler ``kind`` and
     return every trial and the best (lowest value). ``best_lr`` is None if every trial diverged.

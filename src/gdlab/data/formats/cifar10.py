@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gdlab.data.dataset import Dataset
-from gdlab.data.formats.common import (
-    check_image_options, image_dataset, read_file, subsample_indices
-)
+from gdlab.data.formats.common import check_image_options, image_dataset, read_file, subsample_indices
 from gdlab.errors import GdlabError
 
 CIFAR10_FILES = (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin")
@@ -96,11 +94,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10_dir(
-    directory: str | os.PathLike,
-    *,
-    seed: int = 0,
-    n_samples: int | None = None,
-    standardize: bool = False,
+    directory: str | os.PathLike, *, seed: int = 0, n_samples: int | None = None, standardize: bool = False,
     name: str | None = None,
 ) -> Dataset:
     """Load CIFAR-10 from its binary version: data_batch_1.bin .. data_batch_5.bin and
@@ -124,11 +118,10 @@ def load_cifar10_dir(
     train_pixels = np.concatenate([pixels for pixels, _ in batches])[keep]
     del batches
     test_pixels, test_labels = _read_cifar_batch(folder / CIFAR10_FILES[-1])
+    classes = ", ".join(f"{i}={c}" for i, c in enumerate(CIFAR10_CLASSES))
     description = (
         f"CIFAR-10 from {folder}: {len(keep)} train / {len(test_labels)} test colour images of "
-        f"32x32 pixels scaled to [0, 1], 10 classes ("
-        + ", ".join(f"{i}={c}" for i, c in enumerate(CIFAR10_CLASSES))
-        + ")"
+        f"32x32 pixels scaled to [0, 1], 10 classes ({classes})"
     )
     return image_dataset(
         name, (train_pixels, train_labels[keep]), (test_pixels, test_labels),

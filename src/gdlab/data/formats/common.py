@@ -30,9 +30,7 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def read_file(
-    path: Path, fix: str = "check the path", directory_fix: str = "", size: int = -1
-) -> bytes:
+def read_file(path: Path, fix: str = "check the path", directory_fix: str = "", size: int = -1) -> bytes:
     """The bytes of the file at `path`, or only its first `size` (a signature, read before a
     parser that would allocate what a corrupt header declares).
 
@@ -48,9 +46,7 @@ def read_file(
             return f.read(size)
     except OSError as error:
         verb = "read" if size < 0 else "open"
-        raise GdlabError(
-            f"cannot {verb} '{path}' ({one_line(error)}); check its permissions"
-        ) from None
+        raise GdlabError(f"cannot {verb} '{path}' ({one_line(error)}); check its permissions") from None
 
 
 def check_flag(name: str, value: object) -> None:
@@ -65,9 +61,7 @@ def check_task_type(task_type: str | None) -> None:
         raise unknown_name("task type", task_type, TASK_TYPES)
 
 
-def check_split_options(
-    task_type: str | None, seed: int, test_fraction: float, standardize: bool
-) -> None:
+def check_split_options(task_type: str | None, seed: int, test_fraction: float, standardize: bool) -> None:
     """The checks of every reader that may split its samples, before any file is read."""
     check_task_type(task_type)
     check_seed(seed)
@@ -146,16 +140,8 @@ def targets(y: np.ndarray, task_type: str, key: str, path: Path) -> np.ndarray:
 
 
 def arrays_to_split_dataset(
-    arrays: dict[str, np.ndarray],
-    path: Path,
-    *,
-    name: str,
-    task_type: str | None,
-    seed: int,
-    test_fraction: float,
-    standardize: bool,
-    description: str,
-    dtype: torch.dtype = torch.float32,
+    arrays: dict[str, np.ndarray], path: Path, *, name: str, task_type: str | None, seed: int,
+    test_fraction: float, standardize: bool, description: str, dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Turn checked in-memory arrays X, y (and optionally X_test, y_test) into a Dataset: infer
     the task type from y's dtype when None, split, standardise, validate (see npz.load_npz)."""
@@ -168,10 +154,8 @@ def arrays_to_split_dataset(
         y_test = targets(arrays["y_test"], task_type, "y_test", path)
     else:
         X_test, y_test = X[:0], y[:0]
-    num_classes = None
-    if task_type == "classification":
-        num_classes = int(max(y.max(), y_test.max(initial=0))) + 1
-
+    classification = task_type == "classification"
+    num_classes = int(max(y.max(), y_test.max(initial=0))) + 1 if classification else None
     # Validate the raw arrays first so that a NaN is reported at its row in the file, before
     # the split reorders rows and standardisation spreads it over a whole column.
     arrays_to_dataset(
@@ -179,7 +163,7 @@ def arrays_to_split_dataset(
     )
     if "X_test" not in arrays:
         X, X_test, y, y_test = split_train_test(
-            X, y, test_fraction=test_fraction, seed=seed, stratify=task_type == "classification"
+            X, y, test_fraction=test_fraction, seed=seed, stratify=classification
         )
     if standardize:
         X, X_test, _, _ = standardize_splits(X, X_test)
@@ -212,9 +196,7 @@ def validate_in_blocks(ds: Dataset, scan: bool = True) -> None:
             )
     # Every other check of validate_dataset concerns shapes, dtypes and labels: run it on
     # zero-width views of the inputs, which keep N and the dtype but hold no values to scan.
-    validate_dataset(
-        replace(ds, X_train=ds.X_train.narrow(1, 0, 0), X_test=ds.X_test.narrow(1, 0, 0))
-    )
+    validate_dataset(replace(ds, X_train=ds.X_train.narrow(1, 0, 0), X_test=ds.X_test.narrow(1, 0, 0)))
 
 
 def standardize_in_place(X_train: torch.Tensor, X_test: torch.Tensor) -> None:
@@ -248,9 +230,7 @@ def standardize_in_place(X_train: torch.Tensor, X_test: torch.Tensor) -> None:
             block.copy_((block.to(torch.float64) - mean) / std)
 
 
-def subsample_indices(
-    labels: np.ndarray, n_samples: int | None, seed: int, what: str
-) -> np.ndarray:
+def subsample_indices(labels: np.ndarray, n_samples: int | None, seed: int, what: str) -> np.ndarray:
     """Indices of a deterministic, stratified subsample of n_samples of the training samples."""
     index = np.arange(len(labels))
     if n_samples is None:
@@ -271,13 +251,8 @@ def _unit_floats(pixels: np.ndarray) -> torch.Tensor:
 
 
 def image_dataset(
-    name: str,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    *,
-    image_shape: tuple[int, ...],
-    standardize: bool,
-    description: str,
+    name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
+    image_shape: tuple[int, ...], standardize: bool, description: str,
 ) -> Dataset:
     """A validated 10-class Dataset from (uint8 pixels (N, P), uint8 labels (N,)) per split:
     pixels scaled to [0, 1], or standardised with training statistics."""

@@ -65,9 +65,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _label_index(
-    label_column: str | int, header_cells: list[str] | None, ncols: int, path: Path
-) -> int:
+def _label_index(label_column: str | int, header_cells: list[str] | None, ncols: int, path: Path) -> int:
     if isinstance(label_column, str):
         names = [cell.strip() for cell in header_cells or []]
         if label_column not in names:
@@ -171,17 +169,9 @@ def _parse_labels(
 
 
 def load_csv(
-    path: str | os.PathLike,
-    *,
-    label_column: str | int = -1,
-    header: bool | None = None,
-    task_type: str | None = None,
-    delimiter: str = ",",
-    name: str | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    standardize: bool = True,
-    dtype: torch.dtype = torch.float32,
+    path: str | os.PathLike, *, label_column: str | int = -1, header: bool | None = None,
+    task_type: str | None = None, delimiter: str = ",", name: str | None = None, seed: int = 0,
+    test_fraction: float = 0.2, standardize: bool = True, dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load a data set from a UTF-8 CSV file with one row per sample: numeric feature columns
     and one label column (`label_column`: a header name or a column index, default the last).
@@ -201,9 +191,7 @@ def load_csv(
     if header is not None:
         check_flag("header", header)
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"":
-        raise GdlabError(
-            f"delimiter must be one character such as ',', ';' or a tab, got {delimiter!r}"
-        )
+        raise GdlabError(f"delimiter must be one character such as ',', ';' or a tab, got {delimiter!r}")
     if not (isinstance(label_column, str) or is_integer(label_column)):
         raise GdlabError(f"label_column must be a column name or index, got {label_column!r}")
     if isinstance(label_column, str) and header is False:
@@ -241,16 +229,13 @@ def load_csv(
         header = any(not _is_number(c) for j, c in enumerate(first_cells) if j != label_guess)
     label = _label_index(label_column, first_cells if header else None, ncols, path)
     names = [
-        f"{_quoted(cell)} (column {j + 1})" if header else str(j + 1)
-        for j, cell in enumerate(first_cells)
+        f"{_quoted(cell)} (column {j + 1})" if header else str(j + 1) for j, cell in enumerate(first_cells)
     ]
     data = rows[1:] if header else rows
     if not data:
         raise GdlabError(f"'{path}' has a header row but no data rows; {fix}")
     X = _parse_features(data, label, names, path)
-    y, task_type, num_classes, classes_note = _parse_labels(
-        data, label, names[label], task_type, path
-    )
+    y, task_type, num_classes, classes_note = _parse_labels(data, label, names[label], task_type, path)
     label_name = _quoted(first_cells[label]) if header else f"column {label + 1}"
     return arrays_to_split_dataset(
         {"X": X, "y": y}, path, name=name or path.stem, task_type=task_type, seed=seed,

@@ -24,17 +24,12 @@ MNIST_FILES = (
 MNIST_SOURCE = "yann.lecun.com/exdb/mnist or one of its mirrors"
 FASHION_MNIST_SOURCE = "github.com/zalandoresearch/fashion-mnist (folder data/fashion)"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_DTYPES = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
+    code: np.dtype(name)
+    for code, name in ((0x08, "u1"), (0x09, "i1"), (0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4"), (0x0E, ">f8"))
 }
 _IDX_FIX = "download the file again (an MNIST-style IDX file, gzipped or not)"
 
@@ -132,16 +127,13 @@ def find_mnist_files(directory: str | os.PathLike) -> tuple[dict[str, Path], lis
 
 def _image_pair(images: np.ndarray, labels: np.ndarray, image_path: Path, label_path: Path) -> None:
     """Check that an IDX image file and its label file belong together."""
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise GdlabError(
-            f"'{image_path}' holds a {images.dtype} array of shape {images.shape}, not uint8 "
-            f"images (N, rows, cols); is it the right file? {_IDX_FIX}"
-        )
-    if labels.dtype != np.uint8 or labels.ndim != 1:
-        raise GdlabError(
-            f"'{label_path}' holds a {labels.dtype} array of shape {labels.shape}, not uint8 "
-            f"labels (N,); is it the right file? {_IDX_FIX}"
-        )
+    pairs = ((images, image_path, 3, "images (N, rows, cols)"), (labels, label_path, 1, "labels (N,)"))
+    for array, path, ndim, what in pairs:
+        if array.dtype != np.uint8 or array.ndim != ndim:
+            raise GdlabError(
+                f"'{path}' holds a {array.dtype} array of shape {array.shape}, not uint8 "
+                f"{what}; is it the right file? {_IDX_FIX}"
+            )
     if len(images) != len(labels):
         raise GdlabError(
             f"'{image_path}' holds {len(images)} images but '{label_path}' holds {len(labels)} "
@@ -164,13 +156,8 @@ def _mnist_missing_message(directory: Path, missing: list[str], fashion: bool) -
 
 
 def load_mnist_dir(
-    directory: str | os.PathLike,
-    *,
-    fashion: bool = False,
-    seed: int = 0,
-    n_samples: int | None = None,
-    standardize: bool = False,
-    name: str | None = None,
+    directory: str | os.PathLike, *, fashion: bool = False, seed: int = 0, n_samples: int | None = None,
+    standardize: bool = False, name: str | None = None,
 ) -> Dataset:
     """Load MNIST (or Fashion-MNIST with `fashion`) from its four IDX files in `directory`.
 
@@ -188,9 +175,7 @@ def load_mnist_dir(
     found, missing = find_mnist_files(directory)
     if missing:
         raise GdlabError(_mnist_missing_message(directory, missing, fashion))
-    train_images, train_labels, test_images, test_labels = (
-        read_idx(found[key]) for key in MNIST_FILES
-    )
+    train_images, train_labels, test_images, test_labels = (read_idx(found[key]) for key in MNIST_FILES)
     _image_pair(train_images, train_labels, found[MNIST_FILES[0]], found[MNIST_FILES[1]])
     _image_pair(test_images, test_labels, found[MNIST_FILES[2]], found[MNIST_FILES[3]])
     if train_images.shape[1:] != test_images.shape[1:]:

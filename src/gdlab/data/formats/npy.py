@@ -33,9 +33,7 @@ def _npy_paths(source: Path) -> tuple[dict[str, Path], Path]:
                 f"y.npy, the path of X.npy (prefix + 'X.npy'), or the prefix"
             )
         text = text[: -len("X.npy")]
-    return {key: Path(f"{text}{key}.npy") for key in ("X", "y", "X_test", "y_test")}, Path(
-        text or "."
-    )
+    return {key: Path(f"{text}{key}.npy") for key in ("X", "y", "X_test", "y_test")}, Path(text or ".")
 
 
 def _load_npy(path: Path, key: str, mmap: bool) -> np.ndarray:
@@ -85,14 +83,8 @@ def _mapped_inputs(X: np.ndarray, path: Path) -> torch.Tensor:
 
 
 def load_npy_pair(
-    directory_or_prefix: str | os.PathLike,
-    *,
-    mmap: bool = False,
-    name: str | None = None,
-    task_type: str | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    standardize: bool | None = None,
+    directory_or_prefix: str | os.PathLike, *, mmap: bool = False, name: str | None = None,
+    task_type: str | None = None, seed: int = 0, test_fraction: float = 0.2, standardize: bool | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load X.npy and y.npy (and, when both exist, X_test.npy and y_test.npy).
@@ -134,8 +126,7 @@ def load_npy_pair(
     if not mmap:
         return arrays_to_split_dataset(
             arrays, where, name=name, task_type=task_type, seed=seed, test_fraction=test_fraction,
-            standardize=True if standardize is None else standardize, description=description,
-            dtype=dtype
+            standardize=True if standardize is None else standardize, description=description, dtype=dtype
         )
     for key in (k for k in ("X", "X_test") if k in arrays):
         row = first_nonfinite_row(_mapped_inputs(arrays[key], paths[key]))
@@ -160,9 +151,8 @@ def load_npy_pair(
         X, X_test, y, y_test = X[:n_train], X[n_train:], y[:n_train], y[n_train:]
     X_train_t = _mapped_inputs(X, paths["X"])
     X_test_t = _mapped_inputs(X_test, paths["X_test" if has_test[0] else "X"])
-    num_classes = None
-    if task_type == "classification":
-        num_classes = int(max(y.max(initial=0), y_test.max(initial=0))) + 1
+    classification = task_type == "classification"
+    num_classes = int(max(y.max(initial=0), y_test.max(initial=0))) + 1 if classification else None
     ds = Dataset(
         name=name, X_train=X_train_t, y_train=_target_tensor(y, task_type, X.dtype),
         X_test=X_test_t, y_test=_target_tensor(y_test, task_type, X.dtype), task_type=task_type,

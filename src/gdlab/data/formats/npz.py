@@ -57,9 +57,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             f"directory holding X.npy and y.npy"
         )
     if not magic.startswith(_ZIP_MAGIC):
-        raise GdlabError(
-            f"cannot read '{path}': it is not an .npz archive (no zip signature); {_SAVE_HINT}"
-        )
+        raise GdlabError(f"cannot read '{path}': it is not an .npz archive (no zip signature); {_SAVE_HINT}")
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as error:
@@ -76,22 +74,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                     f"{_SAVE_HINT}"
                 )
         if ("X_test" in keys) != ("y_test" in keys):
-            raise GdlabError(
-                f"'{path}' has only one of 'X_test' and 'y_test'; save both or neither"
-            )
+            raise GdlabError(f"'{path}' has only one of 'X_test' and 'y_test'; save both or neither")
         wanted = [k for k in ("X", "y", "X_test", "y_test") if k in keys]
         return {key: _read_array(archive, key, path) for key in wanted}
 
 
 def load_npz(
-    path: str | os.PathLike,
-    *,
-    name: str | None = None,
-    task_type: str | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    standardize: bool = True,
-    dtype: torch.dtype = torch.float32,
+    path: str | os.PathLike, *, name: str | None = None, task_type: str | None = None, seed: int = 0,
+    test_fraction: float = 0.2, standardize: bool = True, dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     """Load a data set from a NumPy .npz archive with arrays `X` and `y`, and optionally
     `X_test` and `y_test`.
@@ -112,6 +102,5 @@ def load_npz(
     check_shapes(arrays, path)
     return arrays_to_split_dataset(
         arrays, path, name=name or path.stem, task_type=task_type, seed=seed,
-        test_fraction=test_fraction, standardize=standardize, description=f"loaded from {path}",
-        dtype=dtype
+        test_fraction=test_fraction, standardize=standardize, description=f"loaded from {path}", dtype=dtype
     )
