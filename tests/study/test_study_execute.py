@@ -13,7 +13,8 @@ import yaml
 from gdlab.errors import GdlabError
 from gdlab.store import RunStore
 from gdlab.study.execute import expected_runs, run_study
-from gdlab.study.spec import check_study_runs, load_study, parse_study
+from gdlab.config import RunConfig
+from gdlab.study.spec import STUDY_SET_FIELDS, TASK_RUN_FIELDS, check_study_runs, load_study, parse_study
 
 TINY = {
     "name": "tiny",
@@ -128,6 +129,8 @@ def bad(**changes):
         (bad(**{"seeds": []}), "non-empty list"),
         (bad(**{"optimizers.0.params": {"momentum": 0.9}}), "unknown hyper-parameter 'momentum'"),
         (dict(TINY, colour="red"), "unknown field 'colour'"),
+        (bad(**{"tasks.0.lr": 0.1}), "'lr' is set by the study"),
+        (bad(**{"tasks.0.clip_norm": -1.0}), "clip_norm"),
     ],
 )
 def test_bad_study_files_fail_before_anything_is_written(tmp_path, data, needle):
@@ -140,6 +143,17 @@ def test_bad_study_files_fail_before_anything_is_written(tmp_path, data, needle)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
     assert not db.exists()
+
+
+def test_a_task_may_set_every_run_option_the_study_does_not_set():
+    """The task fields come from RunConfig's schema: every field is either set by the study or a
+    task field, and a task's schedule, clipping and L2 reach each of its runs' configs."""
+    assert set(TASK_RUN_FIELDS) | set(STUDY_SET_FIELDS) == set(RunConfig.model_fields)
+    assert not set(TASK_RUN_FIELDS) & set(STUDY_SET_FIELDS)
+    spec = parse_study(bad(**{"tasks.0.schedule": "cosine", "tasks.0.clip_norm": 2.5, "tasks.0.l2": 0.01}))
+    config = spec.run_config(spec.tasks[0], spec.optimizers[1], 0.05, 1)
+    assert (config.schedule, config.clip_norm, config.l2) == ("cosine", 2.5, 0.01)
+    assert (config.lr, config.regime, config.seed, config.max_epochs) == (0.05, "stochastic", 1, 30)
 
 
 def test_load_study_validates_the_default_study():

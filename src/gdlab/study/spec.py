@@ -9,7 +9,7 @@ A study file is YAML (or JSON)::
     tasks:
       - name: digits-mlp           # label used in the store and the report
         task: digits               # a registered task (or data: FILE.npz)
-        model: mlp:64-128-10:relu  # optional, like n_samples, loss, l1, l2, dtype
+        model: mlp:64-128-10:relu  # optional: any run option the study does not set itself
         budget: {epochs: 20}       # per run: epochs and/or time_s (and optionally steps)
         target: {train_loss: 0.1}  # exactly one of train_loss, test_loss, test_accuracy
     optimizers:
@@ -39,8 +39,12 @@ from gdlab.errors import GdlabError, did_you_mean
 SAMPLERS = ("grid", "random", "tpe")
 TARGET_METRICS = ("train_loss", "test_loss", "test_accuracy")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_TASK_KEYS = ("name", "task", "data", "model", "loss", "n_samples", "l1", "l2", "dtype", "budget",
-              "target", "layer_mode")
+# The run options a study sets itself: from the optimizer entry, the budget and the seeds, or the
+# same for every run for fairness (run_config). A task entry may set any other RunConfig field.
+STUDY_SET_FIELDS = ("optimizer", "lr", "optimizer_params", "regime", "batch_size", "seed", "data_seed",
+                    "max_epochs", "time_budget_s", "steps", "nonfinite_policy", "divergence_factor", "eval_every")
+TASK_RUN_FIELDS = tuple(f for f in RunConfig.model_fields if f not in STUDY_SET_FIELDS)
+_TASK_KEYS = ("name", *TASK_RUN_FIELDS, "budget", "target")
 _OPT_KEYS = ("name", "optimizer", "regime", "batch_size", "lr", "params")
 _TOP_KEYS = ("name", "description", "workers", "seeds", "tuning", "tasks", "optimizers", "store", "report")
 
@@ -137,11 +141,11 @@ def _where(source: str, path: str) -> str:
     return f"study '{source}': {path}"
 
 
-def _check_keys(data: dict, allowed: tuple[str, ...], source: str, path: str) -> None:
+def _check_keys(data: dict, allowed: tuple[str, ...], source: str, path: str, valid: str | None = None) -> None:
     for key in data:
         if key not in allowed:
             raise GdlabError(f"{_where(source, path)}: unknown field '{key}'"
-                             f"{did_you_mean(str(key), allowed)}; valid fields: {', '.join(allowed)}")
+                             f"{did_you_mean(str(key), allowed)}; valid fields: {valid or ', '.join(allowed)}")
 
 
 def _number(value: Any, source: str, path: str, *, positive: bool = False, integer: bool = False) -> float:
@@ -165,7 +169,12 @@ def _parse_task(i: int, raw: Any, source: str) -> TaskEntry:
     path = f"tasks[{i}]"
     if not isinstance(raw, dict):
         raise GdlabError(f"{_where(source, path)} must be a mapping with name, task, budget and target")
-    _check_keys(raw, _TASK_KEYS, source, path)
+    if any(key in STUDY_SET_FIELDS for key in raw):
+        key = next(key for key in raw if key in STUDY_SET_FIELDS)
+        raise GdlabError(f"{_where(source, path)}: '{key}' is set by the study for every run (from the optimizer "
+                         "entry, the budget or the seeds); drop it from the task")
+    _check_keys(raw, _TASK_KEYS, source, path,
+                "name, budget, target and the run options of docs/cli.md that the study does not set")
     if "task" not in raw and "data" not in raw:
         raise GdlabError(f"{_where(source, path)} needs 'task' (a registered task) or 'data' (an .npz file)")
     name = _label(raw.get("name", raw.get("task")), source, f"{path}.name")
