@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gdlab.data import TASKS, Dataset, TaskSpec, list_tasks, load_task
+from gdlab.data.tasks import clear_task_cache
 from gdlab.errors import GdlabError
 
 # name: (n_total, input_shape, task_type, classes or output_dim, image_shape); the sizes are
@@ -74,10 +75,24 @@ def test_same_seed_gives_bit_identical_tensors_and_another_seed_differs(name):
     """Determinism; reference: torch.equal between two independent calls."""
     n = FAST_N.get(name)
     first = load_task(name, seed=5, n_samples=n)
+    clear_task_cache()  # built again, not read from the cache
     again = load_task(name, seed=5, n_samples=n)
     other = load_task(name, seed=6, n_samples=n)
     assert all(torch.equal(a, b) for a, b in zip(tensors(first), tensors(again)))
     assert not torch.equal(first.X_train, other.X_train)
+
+
+def test_a_cached_load_is_a_copy_the_caller_may_change():
+    """The second load of the same arguments comes from the cache, yet changing the first one's
+    tensors in place leaves it as built (reference: a load after clearing the cache)."""
+    first = load_task("mnist1d", seed=2, n_samples=100)
+    first.X_train.zero_()
+    first.y_test.fill_(3)
+    cached = load_task("mnist1d", seed=2, n_samples=100)
+    clear_task_cache()
+    built = load_task("mnist1d", seed=2, n_samples=100)
+    assert all(torch.equal(a, b) for a, b in zip(tensors(cached), tensors(built)))
+    assert built.X_train.abs().sum() > 0
 
 
 def test_mnist1d_leaves_global_random_state_alone_and_honours_odd_sizes():
