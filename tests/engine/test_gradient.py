@@ -187,6 +187,21 @@ def test_full_batch_loss_and_evaluate_match_direct_computation():
     assert evaluate(model, loss, X[:0], y[:0], classification=True) == (None, None)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_full_batch_loss_and_evaluate_stream_a_dataloader(shuffle):
+    """From a DataLoader (batches of 4, shuffled or not) the loss and the accuracy equal the
+    direct whole-set computation, as from tensors."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, X, y, loss = make_case("mlp")
+    loader = DataLoader(TensorDataset(X, y), batch_size=4, shuffle=shuffle)
+    direct = float(loss(model(X), y).detach())
+    assert abs(full_batch_loss(model, loss, loader) - direct) <= 1e-12 * direct
+    test_loss, acc = evaluate(model, loss, loader, classification=True)
+    assert abs(test_loss - direct) <= 1e-12 * direct
+    assert acc == pytest.approx(float((model(X).argmax(-1) == y).double().mean()), abs=1e-15)
+
+
 def test_gradient_norm_is_the_norm_of_the_concatenated_gradient():
     """gradient_norm equals the 2-norm of all gradients flattened into one vector."""
     model, X, y, loss = make_case("cnn")
