@@ -33,6 +33,7 @@ from gdlab.engine.chunks import tensor_rows
 from gdlab.engine.objective import chunk_terms, correct
 from gdlab.engine.regimes import SampleSchedule
 from gdlab.engine.steppers import Block, Clip, Stepper
+from gdlab.models.spec import RECURRENT_FAMILIES
 from gdlab.models.zoo import MLP, LinearModel, RecurrentNet
 from gdlab.optim.functional import FunctionalRule, clip_functional, global_norm
 from gdlab.optim.losses import LossFn
@@ -92,7 +93,8 @@ class StackedForward:
     def __init__(self, model: nn.Module) -> None:
         names = [n for n, _ in model.named_parameters()]
         self.steps: list[tuple[str, Any]] = []
-        if isinstance(model, RecurrentNet):
+        self.recurrent = isinstance(model, RecurrentNet)
+        if self.recurrent:
             cell = type(model.rnn).__name__.lower()
             for layer in range(model.rnn.num_layers):
                 self.steps.append((cell, tuple(names.index(f"rnn.{kind}_l{layer}")
@@ -105,13 +107,13 @@ class StackedForward:
             modules, prefix = list(model.layers), "layers"
         for i, m in enumerate(modules):
             if isinstance(m, nn.Linear):
-                base = prefix if len(modules) == 1 and not isinstance(model, MLP) else f"{prefix}.{i}"
+                base = f"{prefix}.{i}" if isinstance(model, MLP) else prefix
                 w = names.index(f"{base}.weight")
                 b = names.index(f"{base}.bias") if m.bias is not None else None
                 self.steps.append(("linear", (w, b)))
             else:
                 self.steps.append(("elementwise", m))
-        self.single_layer = [kind for kind, _ in self.steps].count("linear") == len(modules) == 1
+        self.single_layer = not self.recurrent and sum(kind == "linear" for kind, _ in self.steps) == 1
 
     @staticmethod
     def _recurrent(cell: str, indices: tuple[int, ...], params: Sequence[Tensor], h_seq: Tensor) -> Tensor:
@@ -119,23 +121,24 @@ class StackedForward:
         W_ih, W_hh, b_ih, b_hh = (params[i] for i in indices)
         K, H = W_hh.shape[0], W_hh.shape[2]
         gi = torch.matmul(h_seq, W_ih.transpose(1, 2).unsqueeze(1)) + b_ih[:, None, None, :]  # (K, B, T, gates*H)
+        W_hh_t, b_hh_rows = W_hh.transpose(1, 2), b_hh.unsqueeze(1)  # once, not once per time step
         h = gi.new_zeros(K, gi.shape[1], H)
         c = torch.zeros_like(h) if cell == "lstm" else None
         outputs = []
         for t in range(gi.shape[2]):
-            h, c = _recurrent_cell(cell, gi[:, :, t], torch.baddbmm(b_hh.unsqueeze(1), h, W_hh.transpose(1, 2)), h, c)
+            h, c = _recurrent_cell(cell, gi[:, :, t], torch.baddbmm(b_hh_rows, h, W_hh_t), h, c)
             outputs.append(h)
         return torch.stack(outputs, dim=2)
 
     def __call__(self, params: Sequence[Tensor], X: Tensor, per_copy: bool) -> Tensor:
-        if self.steps[0][0] in ("rnn", "lstm", "gru"):
+        if self.recurrent:
             h = X if per_copy else X.unsqueeze(0)  # (K or 1, B, T, F)
             copies_first = True
         else:
             h = X.flatten(2) if per_copy else X.flatten(1)
             copies_first = False  # h is (K, B, f) when True
         for kind, what in self.steps:
-            if kind in ("rnn", "lstm", "gru"):
+            if kind in RECURRENT_FAMILIES:
                 h = self._recurrent(kind, what, params, h)
                 continue
             if kind == "last":
