@@ -169,10 +169,10 @@ def _parse_task(i: int, raw: Any, source: str) -> TaskEntry:
     path = f"tasks[{i}]"
     if not isinstance(raw, dict):
         raise GdlabError(f"{_where(source, path)} must be a mapping with name, task, budget and target")
-    if any(key in STUDY_SET_FIELDS for key in raw):
-        key = next(key for key in raw if key in STUDY_SET_FIELDS)
-        raise GdlabError(f"{_where(source, path)}: '{key}' is set by the study for every run (from the optimizer "
-                         "entry, the budget or the seeds); drop it from the task")
+    for key in raw:
+        if key in STUDY_SET_FIELDS:
+            raise GdlabError(f"{_where(source, path)}: '{key}' is set by the study for every run (from the "
+                             "optimizer entry, the budget or the seeds); drop it from the task")
     _check_keys(raw, _TASK_KEYS, source, path,
                 "name, budget, target and the run options of docs/cli.md that the study does not set")
     if "task" not in raw and "data" not in raw:
