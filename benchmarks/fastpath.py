@@ -53,35 +53,18 @@ def numpy_loop(X: np.ndarray, y: np.ndarray, lr: float, steps: int) -> Callable[
     return go
 
 
-def autograd_loop(config: RunConfig, steps: int) -> Callable[[], float]:
+def autograd_loop(config: RunConfig, steps: int, compiled: bool = False) -> Callable[[], float]:
+    """The hand loop on the run's model and rows, from the same initial parameters every round;
+    ``compiled``: the loss and ``SGD.step`` under ``torch.compile`` (compiled once, in the
+    warm-up round)."""
     prepared = prepare(config)
-    X, y = prepared.data.X_train, prepared.data.y_train
+    X, y, model = prepared.data.X_train, prepared.data.y_train, prepared.model
     loss_fn = get_loss(prepared.loss_name)
-
-    def go() -> float:
-        model = prepare(config).model
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr)
-        loss = torch.zeros(())
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = loss_fn(model(X), y)
-            loss.backward()
-            opt.step()
-            loss.item()
-        return time.perf_counter() - t0
-    return go
-
-
-def compiled_torch_optim_loop(config: RunConfig, steps: int) -> Callable[[], float]:
-    prepared = prepare(config)
-    X, y = prepared.data.X_train, prepared.data.y_train
-    loss_fn = get_loss(prepared.loss_name)
-    model = prepared.model
     initial = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
-    loss_of = torch.compile(lambda: loss_fn(model(X), y))
-    step = torch.compile(opt.step)
+    loss_of, step = (lambda: loss_fn(model(X), y)), opt.step
+    if compiled:
+        loss_of, step = torch.compile(loss_of), torch.compile(step)
 
     def go() -> float:
         with torch.no_grad():
@@ -114,8 +97,8 @@ def measure_case(name: str, base: dict, steps: int, repeats: int, with_numpy: bo
     hand = autograd_loop(RunConfig.from_dict(config), steps)
     contenders: dict[str, Callable[[], float]] = {"autograd loop": hand, "gdlab eager": eager,
                                                   "gdlab compiled": compiled,
-                                                  "compiled torch.optim": compiled_torch_optim_loop(
-                                                      RunConfig.from_dict(config), steps)}
+                                                  "compiled torch.optim": autograd_loop(
+                                                      RunConfig.from_dict(config), steps, compiled=True)}
     if with_numpy:
         data = prepare(RunConfig.from_dict(config)).data
         X = data.X_train.double().numpy()
