@@ -1,21 +1,18 @@
 """Full-batch gradient descent across processes and machines with torch.distributed.
 
-Launch with torchrun, e.g. ``torchrun --nproc_per_node 2 -m gdlab train --task digits ...``
-(multi-node: the usual ``--nnodes``, ``--node_rank``, ``--rdzv_endpoint`` arguments). Backend:
-gloo on CPU, NCCL on CUDA.
+Launch with torchrun, e.g. ``torchrun --nproc_per_node 2 -m gdlab train --task digits ...`` (multi-node: the
+usual ``--nnodes``, ``--node_rank``, ``--rdzv_endpoint`` arguments). Backend: gloo on CPU, NCCL on CUDA.
 
-Each rank holds a contiguous shard of the training (and test) rows; shard sizes differ by at
-most one row. The full-batch gradient is the sum over ranks of each shard's gradient weighted by
-its rows / N (one all-reduce of the flattened gradients), so every rank gets exactly the
-single-process full-batch gradient and takes the same update; the regulariser is added once, after
-the all-reduce.
+Each rank holds a contiguous shard of the training (and test) rows; shard sizes differ by at most one row. The
+full-batch gradient is the sum over ranks of each shard's gradient weighted by its rows / N (one all-reduce of
+the flattened gradients), so every rank gets exactly the single-process full-batch gradient and takes the same
+update; the regulariser is added once, after the all-reduce.
 
-Mini-batch and stochastic regimes follow DistributedSampler's partition semantics: every rank
-draws the same seeded permutation of the N global rows each epoch and each row is processed by the
-one rank that holds it, once per epoch. Unlike torch's DistributedSampler, the global batch is B
-(not B per rank): each rank takes the rows of the step's batch that lie in its shard, and the
-weighted all-reduce gives the exact gradient of the B-row batch, so a distributed run takes the
-same steps as the single-process run with the same seed.
+Mini-batch and stochastic regimes follow DistributedSampler's partition semantics: every rank draws the same
+seeded permutation of the N global rows each epoch and each row is processed by the one rank that holds it,
+once per epoch. Unlike torch's DistributedSampler, the global batch is B (not B per rank): each rank takes the
+rows of the step's batch that lie in its shard, and the weighted all-reduce gives the exact gradient of the
+B-row batch, so a distributed run takes the same steps as the single-process run with the same seed.
 
 Only rank 0 prints and writes files; an error on any rank ends that process with a non-zero status,
 and torchrun then stops the others; collective operations time out after
@@ -75,8 +72,7 @@ def is_main() -> bool:
 
 
 def init_from_env(device: str = "cpu") -> None:
-    """Join the process group torchrun described (no-op for a single process): gloo for CPU,
-    NCCL for CUDA devices."""
+    """Join the process group torchrun described (no-op for a single process): gloo on CPU, NCCL on CUDA."""
     if not launched_by_torchrun() or is_initialized():
         return
     if not dist.is_available():
@@ -107,9 +103,7 @@ def make_shard(n_train: int, n_test: int) -> Shard | None:
     r, w = rank(), world_size()
     if n_train < w:
         raise GdlabError(f"{n_train} training rows cannot be shared by {w} processes; use fewer processes")
-    train = shard_bounds(n_train, r, w)
-    test = shard_bounds(n_test, r, w)
-    return Shard(r, w, n_train, n_test, *train, *test)
+    return Shard(r, w, n_train, n_test, *shard_bounds(n_train, r, w), *shard_bounds(n_test, r, w))
 
 
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
@@ -122,10 +116,8 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
     for same in groups.values():
         flat = torch.cat([t.reshape(-1) for t in same])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for t in same:
-            t.copy_(flat[offset: offset + t.numel()].view_as(t))
-            offset += t.numel()
+        for t, part in zip(same, flat.split([t.numel() for t in same])):
+            t.copy_(part.view_as(t))
 
 
 def agree_max(value: float) -> float:

@@ -1,18 +1,16 @@
 """Hessian-vector products of the full-batch objective and its top eigenvalues (sharpness).
 
-The Hessian is that of ``L(theta) = (1/N) * sum_i l(f(x_i; theta), y_i) + R(theta)``, the
-objective the engine differentiates (:mod:`gdlab.engine.gradient`). Products are exact for any
-chunk size: each chunk's mean loss is weighted by ``chunk_rows / N`` and differentiated twice
-(double backward), the chunk products are summed, and the product with ``R``'s Hessian is added
-once. Memory is bounded by one chunk's double-backward graph.
+The Hessian is that of ``L(theta) = (1/N) * sum_i l(f(x_i; theta), y_i) + R(theta)``, the objective the engine
+differentiates (:mod:`gdlab.engine.gradient`). Products are exact for any chunk size: each chunk's mean loss
+is weighted by ``chunk_rows / N`` and differentiated twice (double backward), the chunk products are summed,
+and the product with ``R``'s Hessian is added once. Memory is bounded by one chunk's double-backward graph.
 
-The Hessian is that of the model in the mode the caller set. With ``model.eval()`` it is a
-deterministic function of theta. In training mode BatchNorm normalises each chunk with that
-chunk's statistics (the Hessian then depends on the chunk size, exactly as the engine's
-gradient does) and Dropout draws fresh masks on every product, which makes the "Hessian" random
-and iterative eigensolvers meaningless: evaluate sharpness in eval mode when the model has
-Dropout. BatchNorm running statistics are restored after every product, so a diagnostic never
-moves them.
+The Hessian is that of the model in the mode the caller set. With ``model.eval()`` it is a deterministic
+function of theta. In training mode BatchNorm normalises each chunk with that chunk's statistics (the Hessian
+then depends on the chunk size, exactly as the engine's gradient does) and Dropout draws fresh masks on every
+product, which makes the "Hessian" random and iterative eigensolvers meaningless: evaluate sharpness in eval
+mode when the model has Dropout. BatchNorm running statistics are restored after every product, so a
+diagnostic never moves them.
 
 cuDNN's fused RNN kernels have no double backward, so on CUDA every product runs with cuDNN
 disabled (native kernels; slower for LSTM/GRU, identical results). CPU needs nothing special.
@@ -50,10 +48,8 @@ def default_hvp_chunk_size(model: nn.Module, X: torch.Tensor) -> int:
     return auto_chunk_size(model, X, DEFAULT_MEMORY_BUDGET_MB / 2)
 
 
-def _hvp_rows(
-    model: nn.Module, X: torch.Tensor | DataLoader, y: torch.Tensor | None, chunk_size: int | None,
-    params: Sequence[torch.Tensor],
-) -> Rows:
+def _hvp_rows(model: nn.Module, X: torch.Tensor | DataLoader, y: torch.Tensor | None, chunk_size: int | None,
+              params: Sequence[torch.Tensor]) -> Rows:
     """The chunks a product iterates: tensors in ``chunk_size`` rows (default
     :func:`default_hvp_chunk_size`), or a DataLoader's batches."""
     if chunk_size is None and not isinstance(X, DataLoader):
@@ -76,10 +72,8 @@ def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
 
 @contextlib.contextmanager
 def preserved_buffers(model: nn.Module) -> Iterator[None]:
-    """Restore every buffer of ``model`` (BatchNorm running statistics, ...) on exit.
-
-    A diagnostic's forward passes in training mode would otherwise move the running statistics.
-    """
+    """Restore every buffer of ``model`` (BatchNorm running statistics, ...) on exit. A diagnostic's forward
+    passes in training mode would otherwise move the running statistics."""
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
@@ -95,9 +89,8 @@ def _no_cudnn_on_cuda(params: Sequence[torch.Tensor]) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def check_like_params(
-    name: str, tensors: Sequence[torch.Tensor], params: Sequence[torch.Tensor], hint: str = ""
-) -> None:
+def check_like_params(name: str, tensors: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                      hint: str = "") -> None:
     """GdlabError unless ``tensors`` holds one tensor shaped like each parameter."""
     fix = f"pass one tensor shaped like each parameter{hint}"
     if len(tensors) != len(params):
@@ -108,9 +101,8 @@ def check_like_params(
                              f"{tuple(p.shape)}; {fix}")
 
 
-def _second_derivative(
-    scalar: torch.Tensor, params: Sequence[torch.Tensor], vec: Sequence[torch.Tensor]
-) -> list[torch.Tensor | None]:
+def _second_derivative(scalar: torch.Tensor, params: Sequence[torch.Tensor],
+                       vec: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
     """d/dtheta <d scalar/dtheta, vec>, None where it is identically zero."""
     grads = torch.autograd.grad(scalar, params, create_graph=True, allow_unused=True)
     pairs = [(g, v) for g, v in zip(grads, vec) if g is not None and g.requires_grad]
@@ -121,40 +113,34 @@ def _second_derivative(
     return list(torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, allow_unused=True))
 
 
-def hvp(
-    model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader, y: torch.Tensor | None,
-    vec: Sequence[torch.Tensor], *, params: Sequence[torch.Tensor] | None = None,
-    chunk_size: int | None = None, regularizer: Regularizer | None = None,
-) -> list[torch.Tensor]:
+def hvp(model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader, y: torch.Tensor | None,
+        vec: Sequence[torch.Tensor], *, params: Sequence[torch.Tensor] | None = None,
+        chunk_size: int | None = None, regularizer: Regularizer | None = None) -> list[torch.Tensor]:
     """Hessian of the full-batch objective ``(1/N) sum_i l_i + R`` at the current theta, times vec.
 
-    X: (N, ...) inputs, y: (N, ...) targets; ``vec``: one tensor shaped like each of ``params``
-    (default: the model's trainable parameters). Returns ``H @ vec`` as one tensor per parameter,
-    in that parameter's dtype (float32 for lower precisions, too coarse to sum chunks in).
-    ``chunk_size`` rows go through each double-backward pass (None:
-    :func:`default_hvp_chunk_size`); the result does not depend on it in eval mode.
-    ``regularizer`` returns R(theta) as a differentiable 0-dim tensor. Does not touch ``p.grad``,
-    the parameters, the model's train/eval mode or its buffers. Raises GdlabError when ``vec``
-    does not match ``params``. ``X`` may be a DataLoader (``y`` None): its batches are the chunks.
+    X: (N, ...) inputs, y: (N, ...) targets; ``vec``: one tensor shaped like each of ``params`` (default: the
+    model's trainable parameters). Returns ``H @ vec`` as one tensor per parameter, in that parameter's dtype
+    (float32 for lower precisions, too coarse to sum chunks in). ``chunk_size`` rows go through each
+    double-backward pass (None: :func:`default_hvp_chunk_size`); the result does not depend on it in eval
+    mode. ``regularizer`` returns R(theta) as a differentiable 0-dim tensor. Does not touch ``p.grad``, the
+    parameters, the model's train/eval mode or its buffers. Raises GdlabError when ``vec`` does not match
+    ``params``. ``X`` may be a DataLoader (``y`` None): its batches are the chunks.
     """
     params = trainable_parameters(model) if params is None else list(params)
     check_like_params("hvp: vec", vec, params)
     return _hvp(model, loss_fn, _hvp_rows(model, X, y, chunk_size, params), vec, params, regularizer)
 
 
-def _hvp(
-    model: nn.Module, loss_fn: LossFn, rows: Rows, vec: Sequence[torch.Tensor],
-    params: Sequence[torch.Tensor], regularizer: Regularizer | None,
-) -> list[torch.Tensor]:
+def _hvp(model: nn.Module, loss_fn: LossFn, rows: Rows, vec: Sequence[torch.Tensor],
+         params: Sequence[torch.Tensor], regularizer: Regularizer | None) -> list[torch.Tensor]:
     vec = [v.detach().to(device=p.device, dtype=p.dtype) for v, p in zip(vec, params)]
     total: list[torch.Tensor | None] = [None] * len(params)
 
     def add(parts: list[torch.Tensor | None]) -> None:
         for i, (p, part) in enumerate(zip(params, parts)):
-            if part is None:
-                continue
-            part = part.detach().to(accumulation_dtype(p))
-            total[i] = part if total[i] is None else total[i] + part
+            if part is not None:
+                part = part.detach().to(accumulation_dtype(p))
+                total[i] = part if total[i] is None else total[i] + part
 
     with preserved_buffers(model), _no_cudnn_on_cuda(params), torch.enable_grad():
         for chunk_loss, _, _ in chunk_terms(model, loss_fn, rows):
@@ -163,27 +149,22 @@ def _hvp(
             reg = regularizer()
             if reg.requires_grad:
                 add(_second_derivative(reg, params, vec))
-    return [
-        torch.zeros(p.shape, dtype=accumulation_dtype(p), device=p.device) if t is None else t
-        for p, t in zip(params, total)
-    ]
+    return [torch.zeros(p.shape, dtype=accumulation_dtype(p), device=p.device) if t is None else t
+            for p, t in zip(params, total)]
 
 
 class HessianOperator:
     """The full-batch Hessian of ``(1/N) sum_i l_i + R`` as a linear map on flat vectors.
 
-    ``matvec`` takes and returns float64 vectors of length ``dim`` (the number of scalars in
-    ``params``, default the model's trainable parameters, concatenated in order) on the
-    parameters' device. Products are computed in the parameters' dtype by :func:`hvp` at the
-    parameters' values at call time. ``num_hvps`` counts the products made so far. ``X`` may be
-    a DataLoader (``y`` None), streamed once per product.
+    ``matvec`` takes and returns float64 vectors of length ``dim`` (the number of scalars in ``params``,
+    default the model's trainable parameters, concatenated in order) on the parameters' device. Products are
+    computed in the parameters' dtype by :func:`hvp` at the parameters' values at call time. ``num_hvps``
+    counts the products made so far. ``X`` may be a DataLoader (``y`` None), streamed once per product.
     """
 
-    def __init__(
-        self, model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader, y: torch.Tensor | None = None,
-        *, params: Sequence[torch.Tensor] | None = None, chunk_size: int | None = None,
-        regularizer: Regularizer | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, X: torch.Tensor | DataLoader,
+                 y: torch.Tensor | None = None, *, params: Sequence[torch.Tensor] | None = None,
+                 chunk_size: int | None = None, regularizer: Regularizer | None = None) -> None:
         self.model, self.loss_fn, self.X, self.y = model, loss_fn, X, y
         self.params = trainable_parameters(model) if params is None else list(params)
         if not self.params:
@@ -217,22 +198,17 @@ def _start_vector(op: LinearOperator, seed: int) -> torch.Tensor:
 
 
 def dense_hessian(op: LinearOperator) -> torch.Tensor:
-    """The (dim, dim) float64 matrix whose column j is ``op.matvec(e_j)``; dim products.
-
-    Meant for small models and tests; it is symmetric up to float rounding.
-    """
+    """The (dim, dim) float64 matrix whose column j is ``op.matvec(e_j)``; dim products. Meant for small
+    models and tests; it is symmetric up to float rounding."""
     eye = torch.eye(op.dim, dtype=torch.float64, device=_device(op))
     return torch.stack([op.matvec(eye[j]) for j in range(op.dim)], dim=1)
 
 
 @dataclass
 class EigenResult:
-    """Eigenvalue estimates of an operator.
-
-    values: estimates in descending order; vectors: the matching flat unit-norm float64 vectors
-    (dim,); hvps: operator products used; converged: whether the stopping rule was met (see the
-    solver); history: the top (first) estimate after each iteration.
-    """
+    """Eigenvalue estimates of an operator. values: estimates in descending order; vectors: the matching flat
+    unit-norm float64 vectors (dim,); hvps: operator products used; converged: whether the stopping rule was
+    met (see the solver); history: the top (first) estimate after each iteration."""
 
     values: list[float]
     vectors: list[torch.Tensor]
@@ -249,12 +225,11 @@ def _relative_change(new: float, old: float) -> float:
 def power_iteration(op: LinearOperator, *, iters: int = 100, tol: float = 1e-6, seed: int = 0) -> EigenResult:
     """Dominant eigenvalue of ``op``: the one of largest magnitude, returned with its sign.
 
-    Runs at most ``iters`` products from a seeded Gaussian start (a local generator) and stops
-    when the Rayleigh quotient changes by less than ``tol`` relatively between iterations
-    (``converged`` True). The returned value is the Rayleigh quotient of the returned vector. For
-    the top (most positive) eigenvalue of an indefinite Hessian use :func:`lanczos`; power
-    iteration gives it only when it also has the largest magnitude (convex losses, most trained
-    nets). Convergence is geometric in |lambda_2 / lambda_1|.
+    Runs at most ``iters`` products from a seeded Gaussian start (a local generator) and stops when the
+    Rayleigh quotient changes by less than ``tol`` relatively between iterations (``converged`` True). The
+    returned value is the Rayleigh quotient of the returned vector. For the top (most positive) eigenvalue of
+    an indefinite Hessian use :func:`lanczos`; power iteration gives it only when it also has the largest
+    magnitude (convex losses, most trained nets). Convergence is geometric in |lambda_2 / lambda_1|.
     """
     iters = int(iters)
     if iters < 1:
@@ -268,10 +243,8 @@ def power_iteration(op: LinearOperator, *, iters: int = 100, tol: float = 1e-6, 
         w = op.matvec(v)
         history.append(float(v @ w))
         norm = float(w.norm())
-        if norm == 0.0:
-            converged = True  # v is in the null space: an eigenvalue 0 and nothing larger seen
-            break
-        if i > 0 and _relative_change(history[-1], history[-2]) < tol:
+        # norm 0: v is in the null space, an eigenvalue 0 and nothing larger seen
+        if norm == 0.0 or (i > 0 and _relative_change(history[-1], history[-2]) < tol):
             converged = True
             break
         if i + 1 < iters:
@@ -290,21 +263,19 @@ def _ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarr
     return np.linalg.eigh(t)
 
 
-def lanczos(
-    op: LinearOperator, *, k: int = 1, iters: int = 30, tol: float | None = None, seed: int = 0
-) -> EigenResult:
+def lanczos(op: LinearOperator, *, k: int = 1, iters: int = 30, tol: float | None = None,
+            seed: int = 0) -> EigenResult:
     """The ``k`` largest (algebraic) eigenvalues of the symmetric ``op`` and their vectors.
 
-    Lanczos from a seeded Gaussian start (local generator) with full reorthogonalisation (two
-    Gram-Schmidt passes) in float64; ``iters`` is the maximum number of products, capped at
-    ``op.dim``. It stores the Krylov basis: iters * dim float64 numbers. With ``tol`` it stops
-    early once each of the top-k Ritz values changed by less than ``tol`` relatively in the last
-    iteration. ``converged`` is True when that rule fired, when the Krylov space became invariant
-    (the values are then exact), or when the residual bound ``||H u - theta u||`` of each of the
-    top k Ritz pairs is below ``tol`` (1e-6 when None) times the largest |Ritz value|. A product
-    that is not finite (a diverged model) ends the run with NaN values and ``converged`` False.
-    If the Krylov space closes after fewer than k steps (H a multiple of the identity on it),
-    fewer than k values are returned. Raises GdlabError for k < 1, iters < k or k > dim.
+    Lanczos from a seeded Gaussian start (local generator) with full reorthogonalisation (two Gram-Schmidt
+    passes) in float64; ``iters`` is the maximum number of products, capped at ``op.dim``. It stores the
+    Krylov basis: iters * dim float64 numbers. With ``tol`` it stops early once each of the top-k Ritz values
+    changed by less than ``tol`` relatively in the last iteration. ``converged`` is True when that rule fired,
+    when the Krylov space became invariant (the values are then exact), or when the residual bound
+    ``||H u - theta u||`` of each of the top k Ritz pairs is below ``tol`` (1e-6 when None) times the largest
+    |Ritz value|. A product that is not finite (a diverged model) ends the run with NaN values and
+    ``converged`` False. If the Krylov space closes after fewer than k steps (H a multiple of the identity on
+    it), fewer than k values are returned. Raises GdlabError for k < 1, iters < k or k > dim.
     """
     k, iters = int(k), int(iters)
     if k < 1:
@@ -376,19 +347,16 @@ class TraceResult:
 
 
 def hutchinson_trace(op: LinearOperator, *, samples: int = 50, seed: int = 0) -> TraceResult:
-    """Unbiased estimate of trace(H) from ``samples`` Rademacher probes z: mean of z^T H z.
-
-    The probes come from a local generator seeded with ``seed``. ``stderr`` is the sample standard
-    deviation over sqrt(samples) (NaN for one sample). Raises GdlabError for samples < 1.
-    """
+    """Unbiased estimate of trace(H) from ``samples`` Rademacher probes z: mean of z^T H z. The probes come
+    from a local generator seeded with ``seed``. ``stderr`` is the sample standard deviation over
+    sqrt(samples) (NaN for one sample). Raises GdlabError for samples < 1."""
     samples = int(samples)
     if samples < 1:
         raise GdlabError(f"hutchinson_trace: samples must be >= 1, got {samples}")
     gen = torch.Generator().manual_seed(int(seed))
     values = []
     for _ in range(samples):
-        signs = torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1
-        z = signs.to(dtype=torch.float64, device=_device(op))
+        z = (torch.randint(0, 2, (op.dim,), generator=gen) * 2 - 1).to(_device(op), torch.float64)
         values.append(float(z @ op.matvec(z)))
     arr = np.asarray(values)
     stderr = float(arr.std(ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
@@ -402,12 +370,11 @@ def sharpness(
 ) -> EigenResult:
     """Sharpness: the top Hessian eigenvalue of the full-batch objective at the current theta.
 
-    ``method`` "lanczos" (top algebraic eigenvalue, :func:`lanczos` with k=1) or "power"
-    (largest-magnitude eigenvalue, :func:`power_iteration`); at most ``iters`` Hessian-vector
-    products, stopping early when the estimate changes by less than ``tol`` relatively (None:
-    run all ``iters`` with Lanczos; power iteration then uses 0). Units: loss per parameter
-    unit squared; GD with constant step lr on a quadratic is stable iff lr < 2 / sharpness.
-    ``X`` may be a DataLoader of (input, target) batches (``y`` None).
+    ``method`` "lanczos" (top algebraic eigenvalue, :func:`lanczos` with k=1) or "power" (largest-magnitude
+    eigenvalue, :func:`power_iteration`); at most ``iters`` Hessian-vector products, stopping early when the
+    estimate changes by less than ``tol`` relatively (None: run all ``iters`` with Lanczos; power iteration
+    then uses 0). Units: loss per parameter unit squared; GD with constant step lr on a quadratic is stable
+    iff lr < 2 / sharpness. ``X`` may be a DataLoader of (input, target) batches (``y`` None).
     """
     if method not in SHARPNESS_METHODS:
         raise unknown_name("sharpness method", method, SHARPNESS_METHODS)

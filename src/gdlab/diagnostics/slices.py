@@ -24,6 +24,7 @@ from gdlab.engine.objective import full_batch_loss, full_batch_loss_and_grad
 from gdlab.errors import GdlabError
 
 Direction = Sequence[torch.Tensor]
+_DIRECTION_HINT = " (see direction_from_flat)"
 
 
 def _params(model: nn.Module, params: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -31,10 +32,6 @@ def _params(model: nn.Module, params: Sequence[torch.Tensor] | None) -> list[tor
     if not params:
         raise GdlabError("loss slice: the model has no trainable parameters; nothing to move")
     return params
-
-
-def _check_direction(name: str, direction: Direction, params: Sequence[torch.Tensor]) -> None:
-    check_like_params(name, direction, params, " (see direction_from_flat)")
 
 
 @contextlib.contextmanager
@@ -78,11 +75,10 @@ def filter_normalized_direction(model: nn.Module, *, seed: int = 0,
                                 params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """A filter-normalised Gaussian direction (Li et al. 2018), one tensor shaped like each param.
 
-    For a parameter with ndim >= 2 (conv filters, linear rows, recurrent gate rows) the direction
-    is standard normal, then each slice along dim 0 is rescaled to the Euclidean norm of the same
-    slice of the parameter; 1-D parameters (biases, normalisation scales and shifts) get zeros.
-    Drawn in float64 from a local generator seeded with ``seed``, then cast to each parameter's
-    dtype and device.
+    For a parameter with ndim >= 2 (conv filters, linear rows, recurrent gate rows) the direction is standard
+    normal, then each slice along dim 0 is rescaled to the Euclidean norm of the same slice of the parameter;
+    1-D parameters (biases, normalisation scales and shifts) get zeros. Drawn in float64 from a local
+    generator seeded with ``seed``, then cast to each parameter's dtype and device.
     """
     params = _params(model, params)
     gen = torch.Generator().manual_seed(int(seed))
@@ -101,11 +97,9 @@ def filter_normalized_direction(model: nn.Module, *, seed: int = 0,
 
 
 def direction_from_flat(vec: torch.Tensor, params: Sequence[torch.Tensor] | nn.Module) -> list[torch.Tensor]:
-    """Split a flat vector (dim,) into tensors shaped like ``params`` (a model: its trainable ones).
-
-    For example an eigenvector from :func:`gdlab.diagnostics.lanczos`. Each piece is cast to its
-    parameter's dtype and device. Raises GdlabError when the length is not the parameter count.
-    """
+    """Split a flat vector (dim,) into tensors shaped like ``params`` (a model: its trainable ones). For
+    example an eigenvector from :func:`gdlab.diagnostics.lanczos`. Each piece is cast to its parameter's dtype
+    and device. Raises GdlabError when the length is not the parameter count."""
     if isinstance(params, nn.Module):
         params = trainable_parameters(params)
     sizes = [p.numel() for p in params]
@@ -142,13 +136,11 @@ def loss_along_direction(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: 
                          regularizer: Regularizer | None = None,
                          params: Sequence[torch.Tensor] | None = None) -> list[float]:
     """The full-batch objective ``L(theta + a * d)`` for each a in ``alphas`` (d = ``direction``).
-
-    ``direction``: one tensor shaped like each of ``params`` (default: the trainable
-    parameters); a is in units of d, so with a unit direction it is the Euclidean step length.
-    Values that are not finite are returned as they are (inf, nan).
-    """
+    ``direction``: one tensor shaped like each of ``params`` (default: the trainable parameters); a is in
+    units of d, so with a unit direction it is the Euclidean step length. Values that are not finite are
+    returned as they are (inf, nan)."""
     params = _params(model, params)
-    _check_direction("direction", direction, params)
+    check_like_params("direction", direction, params, _DIRECTION_HINT)
     points = [[(a, direction)] for a in alphas]
     return _losses_at(model, loss_fn, X, y, params, points, chunk_size, regularizer)
 
@@ -158,12 +150,10 @@ def loss_plane(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tens
                chunk_size: int | None = None, regularizer: Regularizer | None = None,
                params: Sequence[torch.Tensor] | None = None) -> np.ndarray:
     """The objective ``L(theta + a d1 + b d2)`` on a grid: float64 array (len(alphas), len(betas)).
-
-    Entry [i, j] uses a = alphas[i], b = betas[j]; ``d1`` and ``d2`` are shaped like ``params``.
-    """
+    Entry [i, j] uses a = alphas[i], b = betas[j]; ``d1`` and ``d2`` are shaped like ``params``."""
     params = _params(model, params)
-    _check_direction("d1", d1, params)
-    _check_direction("d2", d2, params)
+    check_like_params("d1", d1, params, _DIRECTION_HINT)
+    check_like_params("d2", d2, params, _DIRECTION_HINT)
     points = [[(a, d1), (b, d2)] for a in alphas for b in betas]
     losses = _losses_at(model, loss_fn, X, y, params, points, chunk_size, regularizer)
     return np.asarray(losses, dtype=np.float64).reshape(len(alphas), len(betas))

@@ -1,22 +1,20 @@
 """Chunk size tuned to the machine: a short timing of candidate chunk sizes, cached.
 
-The full-batch gradient costs the same arithmetic for every chunk size, but not the same time:
-small chunks pay a fixed cost per forward/backward pass (kernel launches, autograd bookkeeping,
-the gradient accumulation), large ones leave the CPU caches and make the allocator map fresh
-pages every pass. Which size is fastest depends on the model, the machine and the thread count,
-so :func:`choose_chunk_size` times the candidates (powers of two from 256 up to the memory cap
-and N/8) on consecutive rows of the data and keeps the fastest per row, up to measurement noise:
-candidates within ``NEAR_BEST`` (3%) of the fastest cannot be told apart by a one-second timing,
-so the middle one in size is taken (the lower of two), furthest from both edges of the flat
-region, where per-pass overhead (small chunks) or memory traffic (large chunks) takes over.
+The full-batch gradient costs the same arithmetic for every chunk size, but not the same time: small chunks
+pay a fixed cost per forward/backward pass (kernel launches, autograd bookkeeping, the gradient accumulation),
+large ones leave the CPU caches and make the allocator map fresh pages every pass. Which size is fastest
+depends on the model, the machine and the thread count, so :func:`choose_chunk_size` times the candidates
+(powers of two from 256 up to the memory cap and N/8) on consecutive rows of the data and keeps the fastest
+per row, up to measurement noise: candidates within ``NEAR_BEST`` (3%) of the fastest cannot be told apart by
+a one-second timing, so the middle one in size is taken (the lower of two), furthest from both edges of the
+flat region, where per-pass overhead (small chunks) or memory traffic (large chunks) takes over.
 
-Cost: one round over the candidates, then more rounds while they stay within ``budget_s``
-(about 1 s), never more than 2N rows in all (two gradient evaluations). Timings taken while other
-processes compete for the CPU favour large chunks (OpenMP threads waiting on each other cost a
-fixed time per pass); such a calibration is used but not cached on disk. Calibration is
-skipped (the memory cap, or one chunk of N rows, is used as before) when N is below
-``MIN_CALIBRATION_ROWS``, when fewer than two candidates fit, or when the model has BatchNorm
-(its objective depends on the chunk size in training mode, so the size must not depend on timing).
+Cost: one round over the candidates, then more rounds while they stay within ``budget_s`` (about 1 s), never
+more than 2N rows in all (two gradient evaluations). Timings taken while other processes compete for the CPU
+favour large chunks (OpenMP threads waiting on each other cost a fixed time per pass); such a calibration is
+used but not cached on disk. Calibration is skipped (the memory cap, or one chunk of N rows, is used as
+before) when N is below ``MIN_CALIBRATION_ROWS``, when fewer than two candidates fit, or when the model has
+BatchNorm (its objective depends on the chunk size in training mode, so the size must not depend on timing).
 
 The result is cached in process and on disk, in ``$GDLAB_CACHE_DIR/chunk_sizes.json`` (default
 ``~/.cache/gdlab/``), keyed by the model's architecture, the per-row input shape, dtype, device,
@@ -82,8 +80,7 @@ class ChunkChoice:
 
 def candidate_chunk_sizes(max_chunk: int) -> list[int]:
     """Powers of two from ``MIN_CANDIDATE`` up to ``max_chunk`` rows (empty below the minimum)."""
-    sizes = []
-    size = MIN_CANDIDATE
+    sizes, size = [], MIN_CANDIDATE
     while size <= max_chunk:
         sizes.append(size)
         size *= 2
@@ -119,12 +116,11 @@ def cache_key(model: nn.Module, X: torch.Tensor, autocast: torch.dtype | None, m
     """The calibration's cache key: architecture, per-row input shape, dtype, device (and its
     model name), torch threads and version, autocast dtype, largest candidate."""
     device = str(X.device)
-    fields_ = {
+    return json.dumps({
         "arch": architecture_signature(model), "row": list(X.shape[1:]), "dtype": str(X.dtype),
         "device": device, "processor": _processor_name(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "autocast": str(autocast), "max_candidate": max_candidate,
-    }
-    return json.dumps(fields_, sort_keys=True)
+    }, sort_keys=True)
 
 
 def clear_memory_cache() -> None:
@@ -147,7 +143,7 @@ def _write_disk_cache(path: Path, key: str, size: int) -> None:
     """Add ``key: size`` to the cache file, atomically; a failure only loses the cache entry."""
     entries = _read_disk_cache(path)
     entries[key] = size
-    try:
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -157,8 +153,6 @@ def _write_disk_cache(path: Path, key: str, size: int) -> None:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    except OSError:
-        pass
 
 
 def _cpu_clock() -> float:
@@ -177,8 +171,7 @@ def _synchronize(device: torch.device) -> None:
 @contextlib.contextmanager
 def _untouched(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Run timing passes that leave the model as they found it: gradients, buffers (running
-    statistics) and the global RNG (Dropout) are restored afterwards. Yields the trainable
-    parameters."""
+    statistics) and the global RNG (Dropout) are restored afterwards. Yields the trainable params."""
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [p.grad for p in params]
     buffers = [b.detach().clone() for b in model.buffers()]
@@ -194,18 +187,16 @@ def _untouched(model: nn.Module) -> Iterator[list[torch.Tensor]]:
                 b.copy_(saved)
 
 
-def time_candidates(
-    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, candidates: list[int], *,
-    autocast: torch.dtype | None = None, budget_s: float = BUDGET_S, max_rows: int | None = None,
-) -> dict[int, float]:
+def time_candidates(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor,
+                    candidates: list[int], *, autocast: torch.dtype | None = None,
+                    budget_s: float = BUDGET_S, max_rows: int | None = None) -> dict[int, float]:
     """Seconds per row of a forward+backward pass at each chunk size in ``candidates``.
 
-    Rows are taken consecutively from ``X`` (N, ...) and ``y``, wrapping around, so the data
-    stream from memory as in a real evaluation. Each round times every candidate on about the
-    same number of rows (one untimed pass, then at least two timed ones); rounds repeat, up to
-    ``MAX_ROUNDS``, while the total stays under ``budget_s`` seconds and ``max_rows`` rows
-    (default 2N). The fastest round of each candidate is kept, which discounts interference from
-    other processes.
+    Rows are taken consecutively from ``X`` (N, ...) and ``y``, wrapping around, so the data stream from
+    memory as in a real evaluation. Each round times every candidate on about the same number of rows (one
+    untimed pass, then at least two timed ones); rounds repeat, up to ``MAX_ROUNDS``, while the total stays
+    under ``budget_s`` seconds and ``max_rows`` rows (default 2N). The fastest round of each candidate is
+    kept, which discounts interference from other processes.
     """
     n = int(X.shape[0])
     max_rows = 2 * n if max_rows is None else max_rows
@@ -270,11 +261,10 @@ def batch_dependent(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def choose_chunk_size(
-    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *, max_chunk: int,
-    autocast: torch.dtype | None = None, calibrate: bool = True, use_cache: bool = True,
-    budget_s: float = BUDGET_S, busy_share: float = BUSY_CPU_SHARE,
-) -> ChunkChoice:
+def choose_chunk_size(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *,
+                      max_chunk: int, autocast: torch.dtype | None = None, calibrate: bool = True,
+                      use_cache: bool = True, budget_s: float = BUDGET_S,
+                      busy_share: float = BUSY_CPU_SHARE) -> ChunkChoice:
     """The fastest chunk size (rows) for a full-batch gradient over ``X`` (N, ...), at most
     ``max_chunk`` (the memory cap), by timing or from the cache; see the module docstring.
 
@@ -303,9 +293,7 @@ def choose_chunk_size(
     key = cache_key(model, X, autocast, candidates[-1])
     path = cache_dir() / CACHE_FILE
     if use_cache:
-        cached = _memory_cache.get(key)
-        if cached is None:
-            cached = _read_disk_cache(path).get(key)
+        cached = _memory_cache[key] if key in _memory_cache else _read_disk_cache(path).get(key)
         if cached in candidates:
             _memory_cache[key] = cached
             return ChunkChoice(cached, "cache", seconds=time.perf_counter() - start)
@@ -334,11 +322,9 @@ def _tensor_bytes(obj: object) -> int:
 
 
 def estimate_bytes_per_sample(model: nn.Module, X: torch.Tensor, probe: int = 16) -> int:
-    """Estimate the activation memory (bytes) one sample costs in a forward+backward pass.
-
-    Runs one no-grad forward on ``min(probe, N)`` rows and sums the outputs of every leaf module;
-    autograd keeps roughly the activations plus their gradients, hence the factor 3.
-    """
+    """Estimate the activation memory (bytes) one sample costs in a forward+backward pass. Runs one no-grad
+    forward on ``min(probe, N)`` rows and sums the outputs of every leaf module; autograd keeps roughly the
+    activations plus their gradients, hence the factor 3."""
     n = max(1, min(probe, X.shape[0]))
     total = 0
 
@@ -362,10 +348,8 @@ def estimate_bytes_per_sample(model: nn.Module, X: torch.Tensor, probe: int = 16
     return max(1, (3 * total) // n + input_bytes)
 
 
-def auto_chunk_size(
-    model: nn.Module, X: torch.Tensor, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-    bytes_per_sample: int | None = None,
-) -> int:
+def auto_chunk_size(model: nn.Module, X: torch.Tensor, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+                    bytes_per_sample: int | None = None) -> int:
     """Largest chunk (rows) whose estimated activation memory fits in ``memory_budget_mb`` MiB,
     clamped to [1, N]. ``bytes_per_sample``: a known estimate (else measured by a probe)."""
     per_sample = bytes_per_sample or estimate_bytes_per_sample(model, X)
@@ -385,10 +369,9 @@ def _cached_bytes_per_sample(model: nn.Module, X: torch.Tensor) -> int:
     return _bytes_per_sample[key]
 
 
-def chunk_choice(
-    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *, chunk_size: int | None = None,
-    memory_budget_mb: float | None = None, autocast: torch.dtype | None = None, calibrate: bool = True,
-) -> ChunkChoice:
+def chunk_choice(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, *,
+                 chunk_size: int | None = None, memory_budget_mb: float | None = None,
+                 autocast: torch.dtype | None = None, calibrate: bool = True) -> ChunkChoice:
     """The chunk size (rows per pass) for a full-batch gradient over ``X`` (N, ...): ``chunk_size``
     when given, else the fastest power of two within the memory cap of :func:`auto_chunk_size`
     (calibrated and cached by :func:`choose_chunk_size`), or one chunk of N rows when N is small."""

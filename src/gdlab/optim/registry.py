@@ -51,14 +51,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0}),
         OptimizerSpec("adagrad", "Adagrad (torch Adagrad, eps 1e-10)", torch.optim.Adagrad,
                       {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0}),
-        OptimizerSpec(
-            "linesearch",
-            "gradient descent with Armijo backtracking line search on the full-batch loss; "
-            "each step first tries grow x the last accepted step (initially lr), halving until "
-            "f drops by c*t*|g|^2; the accepted step is logged as lr",
-            ArmijoLineSearch,
-            {"c": 1e-4, "shrink": 0.5, "grow": 2.0, "max_backtracks": 50, "max_lr": None},
-        ),
+        OptimizerSpec("linesearch", "gradient descent with Armijo backtracking line search on the full-batch "
+                      "loss; each step first tries grow x the last accepted step (initially lr), halving "
+                      "until f drops by c*t*|g|^2; the accepted step is logged as lr", ArmijoLineSearch,
+                      {"c": 1e-4, "shrink": 0.5, "grow": 2.0, "max_backtracks": 50, "max_lr": None}),
     )
 }
 
@@ -129,10 +125,8 @@ def validate_hyperparameters(name: str, lr: float, **hparams: Any) -> dict[str, 
     for key in hparams:
         if key not in spec.defaults:
             allowed = ", ".join(spec.defaults) or "none"
-            raise GdlabError(
-                f"unknown hyper-parameter '{key}' for optimizer '{name}'"
-                f"{did_you_mean(key, spec.defaults)}; allowed: {allowed}"
-            )
+            raise GdlabError(f"unknown hyper-parameter '{key}' for optimizer '{name}'"
+                             f"{did_you_mean(key, spec.defaults)}; allowed: {allowed}")
     values = {**spec.defaults, **hparams}
     checked = {key: _VALIDATORS[key](key, value) for key, value in values.items()}
     if spec.fixed.get("nesterov") and checked["momentum"] == 0.0:
@@ -140,15 +134,11 @@ def validate_hyperparameters(name: str, lr: float, **hparams: Any) -> dict[str, 
     return {"lr": lr, **checked}
 
 
-def build_optimizer(
-    name: str, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, **hparams: Any
-) -> torch.optim.Optimizer:
-    """Construct optimizer `name` (a key of OPTIMIZERS) over `params` with step size `lr` (> 0).
-
-    `hparams` are the rule's extra hyper-parameters (see :func:`optimizer_hyperparameters`);
-    unset ones take the registry defaults. Raises GdlabError for an unknown name, an unknown
-    hyper-parameter or a value out of range.
-    """
+def build_optimizer(name: str, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float,
+                    **hparams: Any) -> torch.optim.Optimizer:
+    """Construct optimizer `name` (a key of OPTIMIZERS) over `params` with step size `lr` (> 0). `hparams` are
+    the rule's extra hyper-parameters (see :func:`optimizer_hyperparameters`); unset ones take the registry
+    defaults. Raises GdlabError for an unknown name, an unknown hyper-parameter or a value out of range."""
     spec = _spec(name)
     kwargs = validate_hyperparameters(name, lr, **hparams)
     return spec.optimizer_class(params, **kwargs, **spec.fixed)

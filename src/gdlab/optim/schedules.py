@@ -19,9 +19,8 @@ import math
 from numbers import Integral, Real
 
 import torch
-from torch.optim.lr_scheduler import (
-    CosineAnnealingLR, ExponentialLR, LinearLR, LRScheduler, SequentialLR, StepLR,
-)
+from torch.optim.lr_scheduler import (CosineAnnealingLR, ExponentialLR, LinearLR, LRScheduler,
+                                      SequentialLR, StepLR)
 
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.optim.linesearch import ArmijoLineSearch
@@ -30,14 +29,10 @@ SCHEDULES: dict[str, str] = {
     "constant": "constant learning rate (constant)",
     "step": "multiply the lr by GAMMA every EVERY steps (step:EVERY:GAMMA; torch StepLR)",
     "exp": "multiply the lr by GAMMA every step (exp:GAMMA; torch ExponentialLR)",
-    "cosine": (
-        "cosine decay from lr to MIN_FACTOR*lr over T steps, T defaults to the step budget "
-        "(cosine[:T[:MIN_FACTOR]]; torch CosineAnnealingLR)"
-    ),
-    "warmup": (
-        "linear warmup from lr/W to lr over W steps, then REST, e.g. warmup:10+cosine "
-        "(warmup:W[+REST]; torch LinearLR + SequentialLR)"
-    ),
+    "cosine": "cosine decay from lr to MIN_FACTOR*lr over T steps, T defaults to the step budget "
+              "(cosine[:T[:MIN_FACTOR]]; torch CosineAnnealingLR)",
+    "warmup": "linear warmup from lr/W to lr over W steps, then REST, e.g. warmup:10+cosine "
+              "(warmup:W[+REST]; torch LinearLR + SequentialLR)",
 }
 
 _SYNTAX = {"constant": "constant", "step": "step:EVERY:GAMMA", "exp": "exp:GAMMA",
@@ -94,9 +89,8 @@ def _parse_phase(part: str, text: str) -> Phase:
 def parse_schedule(text: str) -> list[Phase]:
     """Parse and validate a schedule string into phases ``[(name, values), ...]``.
 
-    ``"warmup:5+cosine:100:0.1"`` -> ``[("warmup", (5.0,)), ("cosine", (100.0, 0.1))]``. Only a
-    warmup may be followed (once) by ``+REST``; REST is not itself a warmup. Raises GdlabError on
-    bad syntax or values.
+    ``"warmup:5+cosine:100:0.1"`` -> ``[("warmup", (5.0,)), ("cosine", (100.0, 0.1))]``. Only a warmup may be
+    followed (once) by ``+REST``; REST is not itself a warmup. Raises GdlabError on bad syntax or values.
     """
     if not isinstance(text, str) or not text.strip():
         raise GdlabError("schedule must be a non-empty string such as 'cosine' or 'warmup:10+exp:0.99', "
@@ -124,9 +118,8 @@ def _base_lr_for_eta_min(optimizer: torch.optim.Optimizer, min_factor: float, te
     return lrs.pop()
 
 
-def _phase_scheduler(
-    phase: Phase, optimizer: torch.optim.Optimizer, horizon: int | None, text: str, after_warmup: int = 0
-) -> LRScheduler | None:
+def _phase_scheduler(phase: Phase, optimizer: torch.optim.Optimizer, horizon: int | None, text: str,
+                     after_warmup: int = 0) -> LRScheduler | None:
     name, values = phase
     if name == "constant":
         return None
@@ -150,22 +143,18 @@ def _phase_scheduler(
     raise AssertionError(f"unhandled schedule phase {name}")
 
 
-def build_scheduler(
-    text: str | None, optimizer: torch.optim.Optimizer, total_steps: int | None
-) -> LRScheduler | None:
-    """Build the torch scheduler for ``text`` on ``optimizer`` (None for a constant lr).
-
-    Call ``scheduler.step()`` once after each ``optimizer.step()``. ``total_steps`` is the step
-    budget (updates), used by a cosine without T; None when the run has no step budget.
-    """
+def build_scheduler(text: str | None, optimizer: torch.optim.Optimizer,
+                    total_steps: int | None) -> LRScheduler | None:
+    """Build the torch scheduler for ``text`` on ``optimizer`` (None for a constant lr). Call
+    ``scheduler.step()`` once after each ``optimizer.step()``. ``total_steps`` is the step budget (updates),
+    used by a cosine without T; None when the run has no step budget."""
     if text is None:
         return None
     phases = parse_schedule(text)
     if phases == [("constant", ())]:
         return None
-    if total_steps is not None and not (
-        isinstance(total_steps, Integral) and not isinstance(total_steps, bool) and total_steps >= 1
-    ):
+    budget_ok = isinstance(total_steps, Integral) and not isinstance(total_steps, bool) and total_steps >= 1
+    if total_steps is not None and not budget_ok:
         raise GdlabError(f"step budget for schedule '{text}' must be an integer >= 1, got {total_steps!r}")
     if isinstance(optimizer, ArmijoLineSearch):
         raise GdlabError(f"schedule '{text}' does not apply to the line search, which picks its own step; "
@@ -183,11 +172,9 @@ def build_scheduler(
 
 
 def schedule_lrs(text: str | None, base_lr: float, steps: int, total_steps: int | None = None) -> list[float]:
-    """The lr used at steps 0..steps-1 under schedule ``text`` starting from ``base_lr``.
-
-    Built by stepping a real scheduler on a one-parameter SGD optimizer. ``total_steps`` is the
-    step budget as in :func:`build_scheduler` (None: no budget, so a cosine needs its T).
-    """
+    """The lr used at steps 0..steps-1 under schedule ``text`` starting from ``base_lr``. Built by stepping a
+    real scheduler on a one-parameter SGD optimizer. ``total_steps`` is the step budget as in
+    :func:`build_scheduler` (None: no budget, so a cosine needs its T)."""
     valid_lr = isinstance(base_lr, Real) and not isinstance(base_lr, bool) and math.isfinite(base_lr)
     if not (valid_lr and base_lr > 0):
         raise GdlabError(f"base lr must be a finite number > 0, got {base_lr!r}")

@@ -1,10 +1,9 @@
 """Run a study: every (task, optimizer) pair tuned with the same budget, then re-run over seeds.
 
-Each pair is one job: a learning-rate search (phase ``tune``, ``trials`` runs at the tuning seed),
-then the best learning rate re-run once per study seed (phase ``final``). Jobs run in parallel
-worker processes; every finished run is committed to the SQLite store at once under a
-deterministic key, so a study that is stopped or killed and started again skips what is stored
-and finishes the rest, each run stored exactly once.
+Each pair is one job: a learning-rate search (phase ``tune``, ``trials`` runs at the tuning seed), then the
+best learning rate re-run once per study seed (phase ``final``). Jobs run in parallel worker processes; every
+finished run is committed to the SQLite store at once under a deterministic key, so a study that is stopped or
+killed and started again skips what is stored and finishes the rest, each run stored exactly once.
 """
 
 from __future__ import annotations
@@ -108,13 +107,10 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
             return [values[number] for number, _ in trials]
 
         if opt.searched:
-            search = search_learning_rate(
-                spec.sampler, spec.trials, opt.lr_low, opt.lr_high,
-                lambda number, lr: execute("tune", number, lr, spec.tuning_seed),
-                seed=spec.tuning_seed, evaluate_many=execute_many,
-            )
-            outcome.trials = search.trials
-            outcome.best_lr = search.best_lr
+            search = search_learning_rate(spec.sampler, spec.trials, opt.lr_low, opt.lr_high,
+                                          lambda number, lr: execute("tune", number, lr, spec.tuning_seed),
+                                          seed=spec.tuning_seed, evaluate_many=execute_many)
+            outcome.trials, outcome.best_lr = search.trials, search.best_lr
         else:
             outcome.best_lr = opt.lr_low
         if outcome.best_lr is not None:
@@ -126,20 +122,16 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
 def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = None,
               on_progress: Callable[[int, int], None] | None = None) -> list[PairOutcome]:
     """Run every pair of ``spec`` (``workers`` processes, default the study's) into the store.
-
-    ``on_progress(stored, total)`` is called about twice a second with the number of this study's
-    runs in the store. A worker that dies (e.g. killed) ends the study with WorkerDiedError;
-    finished runs stay stored, and running the same study again resumes it.
-    """
+    ``on_progress(stored, total)`` is called about twice a second with the number of this study's runs in the
+    store. A worker that dies (e.g. killed) ends the study with WorkerDiedError; finished runs stay stored,
+    and running the same study again resumes it."""
     store_path = str(store_path)
     workers = workers or spec.workers
     with RunStore(store_path) as store:
         store.save_study(spec.name, spec.to_dict())
     total = expected_runs(spec)
-    pairs = sorted(
-        ((t, o) for t in range(len(spec.tasks)) for o in range(len(spec.optimizers))),
-        key=lambda p: (_COST_ORDER.get(spec.optimizers[p[1]].regime, 3), p),
-    )
+    pairs = sorted(((t, o) for t in range(len(spec.tasks)) for o in range(len(spec.optimizers))),
+                   key=lambda p: (_COST_ORDER.get(spec.optimizers[p[1]].regime, 3), p))
 
     def stored_count() -> int:
         with RunStore(store_path) as store:

@@ -90,12 +90,9 @@ def area_under_curve(history: list[dict[str, Any]], metric: str = "train_loss", 
 
 @dataclass
 class SeedStats:
-    """Statistics of one quantity over the seeds of a setting.
-
-    n: finite values from runs that did not diverge; mean, std (sample, ddof=1; 0.0 when n = 1);
-    ci_low, ci_high: Student-t confidence interval of the mean; all None when n = 0.
-    diverged_fraction: diverged runs / all runs (0.0 when there are no runs).
-    """
+    """Statistics of one quantity over the seeds of a setting. n: finite values from runs that did not
+    diverge; mean, std (sample, ddof=1; 0.0 when n = 1); ci_low, ci_high: Student-t confidence interval of the
+    mean; all None when n = 0. diverged_fraction: diverged runs / all runs (0.0 when there are no runs)."""
 
     n: int
     mean: float | None
@@ -129,12 +126,10 @@ def seed_statistics(values: Sequence[float | None], diverged: Sequence[bool],
 
 def rank_optimizers(per_optimizer: dict[str, SeedStats],
                     lower_is_better: bool = True) -> list[tuple[str, int]]:
-    """(optimizer, rank) pairs, best first; rank 1 = best mean.
-
-    Ties share the best rank of their group and the next rank skips ("1, 2, 2, 4", competition
-    ranking), so a rank always says how many optimizers did strictly better. Optimizers with no
-    finite mean share the last rank, one past the ranked ones. Order within a tie is input order.
-    """
+    """(optimizer, rank) pairs, best first; rank 1 = best mean. Ties share the best rank of their group and
+    the next rank skips ("1, 2, 2, 4", competition ranking), so a rank always says how many optimizers did
+    strictly better. Optimizers with no finite mean share the last rank, one past the ranked ones. Order
+    within a tie is input order."""
     scored = [(name, s.mean) for name, s in per_optimizer.items() if finite_or_none(s.mean) is not None]
     unscored = [name for name, s in per_optimizer.items() if finite_or_none(s.mean) is None]
     scored.sort(key=lambda item: item[1] if lower_is_better else -item[1])

@@ -1,10 +1,9 @@
 """Learning-rate search with Optuna's ask-and-tell interface.
 
-The caller supplies ``evaluate(trial_number, lr) -> value | None`` (the objective to minimise, or
-None for a diverged trial); this module only decides which learning rates to try. Diverged trials
-are told to Optuna as PRUNED, so TPE does not model them as good or bad values, and they never
-become the best trial. Every optimizer of a study gets the same number of trials (the fairness
-protocol, see docs/studies.md).
+The caller supplies ``evaluate(trial_number, lr) -> value | None`` (the objective to minimise, or None for a
+diverged trial); this module only decides which learning rates to try. Diverged trials are told to Optuna as
+PRUNED, so TPE does not model them as good or bad values, and they never become the best trial. Every
+optimizer of a study gets the same number of trials (the fairness protocol, see docs/studies.md).
 """
 
 from __future__ import annotations
