@@ -141,15 +141,9 @@ def _summary_table(runs: list[tuple[str, dict[str, Any]]]) -> Table:
 
 
 def _make_progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epochs {task.fields[epochs]}  loss {task.fields[loss]}  |g| {task.fields[gnorm]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    fields = "epochs {task.fields[epochs]}  loss {task.fields[loss]}  |g| {task.fields[gnorm]}"
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
 
 
 class _Progress(Callback):
@@ -158,11 +152,9 @@ class _Progress(Callback):
         self.task = progress.add_task(label, total=total, loss="-", gnorm="-", epochs="0", rate="")
 
     def on_step(self, info: StepInfo) -> None:
-        self.progress.update(
-            self.task, completed=info.step, loss=f"{info.batch_loss:.4g}",
-            gnorm=f"{info.grad_norm:.3g}", epochs=f"{info.epochs:.2f}",
-            rate=f"{info.step / info.wall_time_s:,.0f} steps/s" if info.wall_time_s > 0 else "",
-        )
+        rate = f"{info.step / info.wall_time_s:,.0f} steps/s" if info.wall_time_s > 0 else ""
+        self.progress.update(self.task, completed=info.step, loss=f"{info.batch_loss:.4g}",
+                             gnorm=f"{info.grad_norm:.3g}", epochs=f"{info.epochs:.2f}", rate=rate)
 
 
 MAX_EVENTS_SHOWN = 15
@@ -376,10 +368,8 @@ def _single_process(command: str) -> None:
     from gdlab.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
-        raise GdlabError(
-            f"gdlab {command} runs in one process (it starts its own workers); under torchrun use "
-            "gdlab train or gdlab stability"
-        )
+        raise GdlabError(f"gdlab {command} runs in one process (it starts its own workers); "
+                         "under torchrun use gdlab train or gdlab stability")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -398,11 +388,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     err = _console(stderr=True)
     con = _console()
     workers = args.workers or spec.workers
-    err.print(
-        f"study '{spec.name}': {len(spec.tasks)} tasks x {len(spec.optimizers)} optimizers, "
-        f"{spec.sampler} search of {spec.trials} trials each, best lr re-run over seeds "
-        f"{list(spec.seeds)}: {expected_runs(spec)} runs, {workers} worker(s), store {store_path}"
-    )
+    err.print(f"study '{spec.name}': {len(spec.tasks)} tasks x {len(spec.optimizers)} optimizers, "
+              f"{spec.sampler} search of {spec.trials} trials each, best lr re-run over seeds "
+              f"{list(spec.seeds)}: {expected_runs(spec)} runs, {workers} worker(s), store {store_path}")
     with _make_study_progress(err, args.quiet) as progress:
         task_id = progress.add_task("runs", total=expected_runs(spec))
         run_study(spec, store_path, workers=workers,
@@ -421,10 +409,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         with RunStore(args.store, create=False) as store:
             names = store.studies()
         if len(names) != 1:
-            raise GdlabError(
-                f"store '{args.store}' holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                "choose one with --study NAME"
-            )
+            raise GdlabError(f"store '{args.store}' holds {len(names)} studies "
+                             f"({', '.join(names) or 'none'}); choose one with --study NAME")
         study = names[0]
     _write_report(args.store, study, args.out, con, tensorboard=args.tensorboard)
     return 0
@@ -470,15 +456,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [rec for _, rec in records]}))
     target = err if args.json else out
     first = records[0][1]
-    target.print(
-        f"gdlab demo: task {first['config']['task']}, model {first['config']['model']}, "
-        f"{args.epochs:g} epochs of gradient evaluations each, seed {args.seed}"
-    )
+    target.print(f"gdlab demo: task {first['config']['task']}, model {first['config']['model']}, "
+                 f"{args.epochs:g} epochs of gradient evaluations each, seed {args.seed}")
     target.print(_summary_table([(f"{e.label}\nlr={e.lr:g}", rec["final"]) for e, rec in records]))
-    target.print(
-        "Same budget of gradient evaluations (epochs) for each regime; wall time counts training "
-        "only. Batch GD takes one exact step per epoch, SGD takes N noisy ones."
-    )
+    target.print("Same budget of gradient evaluations (epochs) for each regime; wall time counts training "
+                 "only. Batch GD takes one exact step per epoch, SGD takes N noisy ones.")
     return 0
 
 

@@ -334,8 +334,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GdlabError(f"config file '{path}' is not valid YAML/JSON ({first}); fix its syntax") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise GdlabError(f"config file '{path}' must hold a mapping of field: value at the top level")
-    return data
+    return {} if data is None else data

@@ -104,10 +104,8 @@ def _missing_error(local: LocalDataSet, folders: list[Path], who: str) -> GdlabE
     for folder in folders:
         where, missing = local.locate(folder)
         if len(missing) < len(local.files):
-            return GdlabError(
-                f"{who} found only part of the {local.title} files in '{where}': "
-                f"{', '.join(missing)} missing; place them there (from {local.source})"
-            )
+            return GdlabError(f"{who} found only part of the {local.title} files in '{where}': "
+                              f"{', '.join(missing)} missing; place them there (from {local.source})")
     if local.name == "cifar10":
         for folder in folders:
             if cifar10.unreadable_version(folder):
@@ -115,11 +113,9 @@ def _missing_error(local: LocalDataSet, folders: list[Path], who: str) -> GdlabE
     places = [local.locate(folder)[0] for folder in folders]
     also = ", ".join(f"'{place}'" for place in places[1:])
     gzipped = " (gzipped or not)" if local.files == idx.MNIST_FILES else ""
-    return GdlabError(
-        f"{who} needs {', '.join(local.files)}{gzipped} in '{places[0]}' (or in {also}; choose "
-        f"the data directory with --data-dir DIR or {DATA_DIR_ENV}); download them from "
-        f"{local.source}"
-    )
+    return GdlabError(f"{who} needs {', '.join(local.files)}{gzipped} in '{places[0]}' (or in {also}; choose "
+                      f"the data directory with --data-dir DIR or {DATA_DIR_ENV}); download them from "
+                      f"{local.source}")
 
 
 def _data_root(local: LocalDataSet, explicit: str | os.PathLike | None, who: str) -> Path:
@@ -128,10 +124,8 @@ def _data_root(local: LocalDataSet, explicit: str | os.PathLike | None, who: str
         return data_dir(explicit)
     except GdlabError:
         place = f"DIR/{local.folders[0]}" if local.folders[0] else "DIR"
-        raise GdlabError(
-            f"{who} needs a data directory: pass --data-dir DIR or set {DATA_DIR_ENV}, "
-            f"and place {', '.join(local.files)} in {place}"
-        ) from None
+        raise GdlabError(f"{who} needs a data directory: pass --data-dir DIR or set {DATA_DIR_ENV}, "
+                         f"and place {', '.join(local.files)} in {place}") from None
 
 
 def load_local_data_set(
@@ -181,10 +175,8 @@ def list_presets() -> list[Preset]:
     return list(PRESETS.values())
 
 
-def load_preset(
-    name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0, n_samples: int | None = None,
-    standardize: bool = False,
-) -> Dataset:
+def load_preset(name: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0,
+                n_samples: int | None = None, standardize: bool = False) -> Dataset:
     """Load the data of preset `name` from the data directory (`data_dir`, else
     $GDLAB_DATA_DIR); see the module docstring for where files are looked for.
 

@@ -11,14 +11,8 @@ import torch
 
 from gdlab.data import bundled, synthetic
 from gdlab.data.dataset import Dataset
-from gdlab.data.split import (
-    arrays_to_dataset,
-    check_seed,
-    check_test_fraction,
-    is_integer,
-    split_train_test,
-    subsample,
-)
+from gdlab.data.split import (arrays_to_dataset, check_seed, check_test_fraction, is_integer,
+                              split_train_test, subsample)
 from gdlab.data.split import standardize as standardize_splits
 from gdlab.errors import GdlabError, unknown_name
 
@@ -48,28 +42,22 @@ def _to_dataset(
     `standardize_target` (and `standardize`).
     """
     if standardize and X.ndim > 2:
-        raise GdlabError(
-            f"task '{spec.name}' holds sequences, which are never standardised; "
-            f"leave standardize unset or set it to false"
-        )
+        raise GdlabError(f"task '{spec.name}' holds sequences, which are never standardised; "
+                         f"leave standardize unset or set it to false")
     classification = spec.task_type == "classification"
-    X_train, X_test, y_train, y_test = split_train_test(
-        X, y, test_fraction=test_fraction, seed=seed, stratify=classification
-    )
+    X_train, X_test, y_train, y_test = split_train_test(X, y, test_fraction=test_fraction, seed=seed,
+                                                        stratify=classification)
     if standardize:
         X_train, X_test, _, _ = standardize_splits(X_train, X_test)
         if standardize_target and not classification:
             y_train, y_test, _, _ = standardize_splits(y_train, y_test)
-    return arrays_to_dataset(
-        spec.name, X_train, y_train, X_test, y_test, task_type=spec.task_type,
-        num_classes=int(y.max()) + 1 if classification else None, dtype=dtype,
-        image_shape=image_shape, description=spec.description,
-    )
+    return arrays_to_dataset(spec.name, X_train, y_train, X_test, y_test, task_type=spec.task_type,
+                             num_classes=int(y.max()) + 1 if classification else None, dtype=dtype,
+                             image_shape=image_shape, description=spec.description)
 
 
-def _generated(
-    make: Callable[..., tuple[np.ndarray, np.ndarray]], image_shape: tuple[int, ...] | None = None
-) -> Callable[..., Dataset]:
+def _generated(make: Callable[..., tuple[np.ndarray, np.ndarray]],
+               image_shape: tuple[int, ...] | None = None) -> Callable[..., Dataset]:
     """A loader for a data set generated with `make(n, seed=seed)`; any n_samples >= 2 is allowed."""
 
     def load(spec: TaskSpec, *, seed: int, n_samples: int | None, **options) -> Dataset:
@@ -79,23 +67,19 @@ def _generated(
     return load
 
 
-def _fixed(
-    source: str, image_shape: tuple[int, ...] | None = None, standardize_target: bool = False
-) -> Callable[..., Dataset]:
+def _fixed(source: str, image_shape: tuple[int, ...] | None = None,
+           standardize_target: bool = False) -> Callable[..., Dataset]:
     """A loader for a fixed real data set; n_samples subsamples it, stratified by class."""
 
     def load(spec: TaskSpec, *, seed: int, n_samples: int | None, **options) -> Dataset:
         X, y = bundled.load_sklearn(source)
         if n_samples is not None:
             if n_samples > len(X):
-                raise GdlabError(
-                    f"n_samples={n_samples} is more than the {len(X)} samples of '{spec.name}'; "
-                    f"give n_samples between 2 and {len(X)}, or leave it unset for all of them"
-                )
+                raise GdlabError(f"n_samples={n_samples} is more than the {len(X)} samples of '{spec.name}'; "
+                                 f"give n_samples between 2 and {len(X)}, or leave it unset for all of them")
             X, y = subsample(X, y, n_samples, seed=seed, stratify=spec.task_type == "classification")
-        return _to_dataset(
-            spec, X, y, seed=seed, image_shape=image_shape, standardize_target=standardize_target, **options
-        )
+        return _to_dataset(spec, X, y, seed=seed, image_shape=image_shape,
+                           standardize_target=standardize_target, **options)
 
     return load
 
@@ -105,11 +89,9 @@ def _task(
     default_n_samples: int | None = None, standardize: bool = True,
 ) -> TaskSpec:
     """A TaskSpec whose default loss follows its task type: mse for regression, else cross_entropy."""
-    return TaskSpec(
-        name=name, description=description, task_type=task_type, default_model=default_model,
-        default_loss="mse" if task_type == "regression" else "cross_entropy",
-        default_n_samples=default_n_samples, standardize=standardize, loader=loader,
-    )
+    return TaskSpec(name=name, description=description, task_type=task_type, default_model=default_model,
+                    default_loss="mse" if task_type == "regression" else "cross_entropy",
+                    default_n_samples=default_n_samples, standardize=standardize, loader=loader)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -151,21 +133,17 @@ def list_tasks() -> list[TaskSpec]:
     return list(TASKS.values())
 
 
-def _check_arguments(
-    seed: int, n_samples: int | None, test_fraction: float, standardize: bool | None, dtype: torch.dtype
-) -> None:
+def _check_arguments(seed: int, n_samples: int | None, test_fraction: float, standardize: bool | None,
+                     dtype: torch.dtype) -> None:
     check_seed(seed)
     if n_samples is not None and (not is_integer(n_samples) or n_samples < 2):
-        raise GdlabError(
-            f"n_samples must be an integer >= 2 (or unset for the task's default), got {n_samples!r}"
-        )
+        raise GdlabError(f"n_samples must be an integer >= 2 (or unset for the task's default), "
+                         f"got {n_samples!r}")
     check_test_fraction(test_fraction)
     if standardize is not None and not isinstance(standardize, bool):
         raise GdlabError(f"standardize must be true, false or unset, got {standardize!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise GdlabError(
-            f"dtype must be a floating-point torch dtype such as torch.float32, got {dtype!r}"
-        )
+        raise GdlabError(f"dtype must be a floating-point torch dtype such as torch.float32, got {dtype!r}")
 
 
 def load_task(

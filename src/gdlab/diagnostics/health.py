@@ -202,9 +202,7 @@ class GradientHealthMonitor:
         step_reference = self._step_reference(values)
         events = []
         for name, value in values.items():
-            stats = self._layers.get(name)
-            if stats is None:
-                stats = self._layers[name] = _LayerStats(first=value, last=value)
+            stats = self._layers.setdefault(name, _LayerStats(first=value, last=value))
             stats.observe(value)
             if stats.baseline is None and math.isfinite(value) and value > 0:
                 stats.baseline = value

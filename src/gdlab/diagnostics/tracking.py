@@ -70,10 +70,8 @@ class SharpnessCallback(Callback):
             return
         obj = ctx.objective
         ctx.model.train(False)
-        result = sharpness(
-            obj.model, obj.loss_fn, obj.X, obj.y, method="lanczos", iters=self.iters,
-            chunk_size=obj.chunk_size, regularizer=obj.regularizer, seed=self.seed,
-        )
+        result = sharpness(obj.model, obj.loss_fn, obj.X, obj.y, method="lanczos", iters=self.iters,
+                           chunk_size=obj.chunk_size, regularizer=obj.regularizer, seed=self.seed)
         ctx.model.train(ctx.train_mode)
         value = result.values[0]
         threshold = 2.0 / ctx.lr if ctx.lr > 0 else float("inf")
@@ -82,8 +80,6 @@ class SharpnessCallback(Callback):
         above = value > threshold
         if above != self._above and (self._above is not None or above):
             side = "above" if above else "below"
-            ctx.event(
-                f"sharpness_{side}_2_over_lr",
-                f"sharpness {value:.4g} is {side} 2/lr = {threshold:.4g} (lr {ctx.lr:g})",
-            )
+            ctx.event(f"sharpness_{side}_2_over_lr",
+                      f"sharpness {value:.4g} is {side} 2/lr = {threshold:.4g} (lr {ctx.lr:g})")
         self._above = above

@@ -189,14 +189,10 @@ def _parse_mlp(text: str, args: list[str]) -> ModelSpec:
             activation = option
         else:
             hint = did_you_mean(option, (*ACTIVATIONS, "bn", "dropout"))
-            raise _error(
-                text, f"unknown activation or option '{option}'{hint}; choose an activation "
-                f"({', '.join(ACTIVATIONS)}), bn or dropout=P",
-            )
-    return ModelSpec(
-        family="mlp", text=text, widths=widths, hidden_size=hidden_size, num_layers=num_layers,
-        activation=activation or DEFAULT_ACTIVATION, batchnorm=batchnorm, dropout=dropout or 0.0,
-    )
+            raise _error(text, f"unknown activation or option '{option}'{hint}; choose an activation "
+                         f"({', '.join(ACTIVATIONS)}), bn or dropout=P")
+    return ModelSpec(family="mlp", text=text, widths=widths, hidden_size=hidden_size, num_layers=num_layers,
+                     activation=activation or DEFAULT_ACTIVATION, batchnorm=batchnorm, dropout=dropout or 0.0)
 
 
 def _parse_dropout(text: str, option: str) -> float:
@@ -206,9 +202,8 @@ def _parse_dropout(text: str, option: str) -> float:
     except ValueError:
         raise _error(text, f"dropout needs a probability, as in dropout=0.1, got '{option}'") from None
     if not (math.isfinite(p) and 0.0 <= p < 1.0):
-        raise _error(
-            text, f"dropout probability must be in [0, 1), got {value.strip()}; use e.g. dropout=0.1"
-        )
+        raise _error(text, f"dropout probability must be in [0, 1), got {value.strip()}; "
+                     "use e.g. dropout=0.1")
     return p
 
 

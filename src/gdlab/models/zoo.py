@@ -46,9 +46,8 @@ class MLP(nn.Module):
     Dropout(p) if `dropout` > 0; the last layer is a plain Linear.
     """
 
-    def __init__(
-        self, widths: tuple[int, ...], activation: str = "relu", batchnorm: bool = False, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, widths: tuple[int, ...], activation: str = "relu", batchnorm: bool = False,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         n_hidden = len(widths) - 2
@@ -122,9 +121,8 @@ class BasicBlock(nn.Module):
         if stride == 1 and in_channels == out_channels:
             self.shortcut: nn.Module = nn.Identity()
         else:
-            self.shortcut = nn.Sequential(
-                conv(in_channels, out_channels, 1, stride=stride, bias=False), batch_norm(out_channels)
-            )
+            self.shortcut = nn.Sequential(conv(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          batch_norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -145,9 +143,8 @@ class ResNet(nn.Module):
         self.view_shape = tuple(view_shape)
         spatial_dims = len(view_shape) - 1
         conv, batch_norm, _, adaptive_pool = _conv_layers(spatial_dims)
-        self.stem = nn.Sequential(
-            conv(view_shape[0], width, 3, padding=1, bias=False), batch_norm(width), nn.ReLU()
-        )
+        self.stem = nn.Sequential(conv(view_shape[0], width, 3, padding=1, bias=False), batch_norm(width),
+                                  nn.ReLU())
         self.blocks = nn.Sequential(
             BasicBlock(width, width, 1, spatial_dims),
             BasicBlock(width, 2 * width, 2, spatial_dims),
@@ -165,9 +162,8 @@ class RecurrentNet(nn.Module):
     """batch_first RNN, LSTM or GRU on x (N, T, F), then a linear head on the last step's output
     of the top layer: (N, T, F) -> (N, output_dim)."""
 
-    def __init__(
-        self, cell: str, input_size: int, hidden_size: int, num_layers: int, output_dim: int
-    ) -> None:
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int,
+                 output_dim: int) -> None:
         super().__init__()
         self.rnn = _RECURRENT_CELLS[cell](input_size, hidden_size, num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, output_dim)
@@ -206,10 +202,8 @@ def build_model(
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
     elif not isinstance(spec, ModelSpec):
-        raise GdlabError(
-            f"model must be a spec string such as 'mlp:64x2' or a torch.nn.Module, "
-            f"got {type(spec).__name__}"
-        )
+        raise GdlabError(f"model must be a spec string such as 'mlp:64x2' or a torch.nn.Module, "
+                         f"got {type(spec).__name__}")
     input_shape = _checked_shape(spec, input_shape)
     output_dim = _checked_output_dim(spec, output_dim)
     try:
@@ -237,10 +231,8 @@ def _checked_shape(spec: ModelSpec, input_shape: tuple[int, ...]) -> tuple[int, 
     if shape is None:
         raise GdlabError(f"model '{spec.text}': input_shape must be a tuple of integers, got {input_shape!r}")
     if not shape or any(s <= 0 for s in shape):
-        raise GdlabError(
-            f"model '{spec.text}': one sample's input shape must be non-empty with positive sizes, "
-            f"got {shape}; reshape X to (N, d) for scalar features"
-        )
+        raise GdlabError(f"model '{spec.text}': one sample's input shape must be non-empty with positive "
+                         f"sizes, got {shape}; reshape X to (N, d) for scalar features")
     return shape
 
 
@@ -254,9 +246,8 @@ def _checked_output_dim(spec: ModelSpec, output_dim: int) -> int:
     return value
 
 
-def _fully_connected(
-    spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int, image_shape: tuple[int, ...] | None
-) -> nn.Module:
+def _fully_connected(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int,
+                     image_shape: tuple[int, ...] | None) -> nn.Module:
     n_in = math.prod(input_shape)
     if spec.widths:
         _check_io(spec, n_in, output_dim, input_shape)
@@ -272,60 +263,46 @@ def _check_io(spec: ModelSpec, n_in: int, output_dim: int, input_shape: tuple[in
     fix = spec.with_io(n_in, output_dim).canonical
     if spec.widths[0] != n_in:
         flattened = f" (input shape {input_shape} flattened)" if len(input_shape) > 1 else ""
-        raise GdlabError(
-            f"model '{spec.text}' takes {spec.widths[0]} inputs but the data has {n_in} "
-            f"features{flattened}; use --model {fix}"
-        )
+        raise GdlabError(f"model '{spec.text}' takes {spec.widths[0]} inputs but the data has {n_in} "
+                         f"features{flattened}; use --model {fix}")
     if spec.widths[-1] != output_dim:
-        raise GdlabError(
-            f"model '{spec.text}' produces {spec.widths[-1]} outputs but the task needs "
-            f"{output_dim}; use --model {fix}"
-        )
+        raise GdlabError(f"model '{spec.text}' produces {spec.widths[-1]} outputs but the task needs "
+                         f"{output_dim}; use --model {fix}")
 
 
-def _cnn(
-    spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int, image_shape: tuple[int, ...] | None
-) -> nn.Module:
+def _cnn(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int,
+         image_shape: tuple[int, ...] | None) -> nn.Module:
     view_shape = _conv_view(spec, input_shape, image_shape)
     if spec.architecture == "lenet":
         return LeNet(view_shape, output_dim, activation=spec.activation or "relu")
     return ResNet(view_shape, output_dim, width=spec.channels or 16)
 
 
-def _conv_view(
-    spec: ModelSpec, input_shape: tuple[int, ...], image_shape: tuple[int, ...] | None
-) -> tuple[int, ...]:
+def _conv_view(spec: ModelSpec, input_shape: tuple[int, ...],
+               image_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     """The (C, L) or (C, H, W) shape a CNN reshapes each sample to."""
     if len(input_shape) in (2, 3):
         return input_shape
     if len(input_shape) != 1:
-        raise GdlabError(
-            f"model '{spec.text}' needs samples of shape (d,), (C, L) or (C, H, W), but one sample "
-            f"has shape {input_shape}; reshape the inputs to one of those"
-        )
+        raise GdlabError(f"model '{spec.text}' needs samples of shape (d,), (C, L) or (C, H, W), but one "
+                         f"sample has shape {input_shape}; reshape the inputs to one of those")
     if image_shape is None:
         return (1, input_shape[0])
     view = _int_tuple(image_shape) or ()
     if len(view) not in (2, 3) or any(s <= 0 for s in view):
-        raise GdlabError(
-            f"model '{spec.text}': image_shape must be (C, L) or (C, H, W) with positive sizes, "
-            f"got {image_shape!r}"
-        )
+        raise GdlabError(f"model '{spec.text}': image_shape must be (C, L) or (C, H, W) with positive sizes, "
+                         f"got {image_shape!r}")
     if math.prod(view) != input_shape[0]:
-        raise GdlabError(
-            f"model '{spec.text}' cannot view {input_shape[0]} features as image shape {view} "
-            f"({math.prod(view)} values); give an image_shape whose sizes multiply to "
-            f"{input_shape[0]}, or none to treat each sample as a 1-channel signal"
-        )
+        raise GdlabError(f"model '{spec.text}' cannot view {input_shape[0]} features as image shape {view} "
+                         f"({math.prod(view)} values); give an image_shape whose sizes multiply to "
+                         f"{input_shape[0]}, or none to treat each sample as a 1-channel signal")
     return view
 
 
-def _recurrent(
-    spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int, image_shape: tuple[int, ...] | None
-) -> nn.Module:
+def _recurrent(spec: ModelSpec, input_shape: tuple[int, ...], output_dim: int,
+               image_shape: tuple[int, ...] | None) -> nn.Module:
     if len(input_shape) != 2:
-        raise GdlabError(
-            f"model '{spec.text}' is a sequence model and needs samples of shape (T, F), but one "
-            f"sample has shape {input_shape}; use sequence data or a model such as mlp:64x2 or cnn:lenet"
-        )
+        raise GdlabError(f"model '{spec.text}' is a sequence model and needs samples of shape (T, F), but "
+                         f"one sample has shape {input_shape}; use sequence data or a model such as "
+                         "mlp:64x2 or cnn:lenet")
     return RecurrentNet(spec.family, input_shape[1], spec.hidden_size or 1, spec.num_layers or 1, output_dim)

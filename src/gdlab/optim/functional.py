@@ -181,9 +181,8 @@ def functional_rule(name: str, lr: float = 1.0, **hparams: Any) -> FunctionalRul
     return _adagrad(h)
 
 
-def clip_functional(
-    grads: Params, max_norm: float | None, max_value: float | None, copies: bool = False
-) -> tuple[Params, Tensor]:
+def clip_functional(grads: Params, max_norm: float | None, max_value: float | None,
+                    copies: bool = False) -> tuple[Params, Tensor]:
     """Clip like :func:`gdlab.optim.clipping.clip_gradients` (value clamp, then global-norm scaling
     only above ``max_norm``), without mutation; returns the gradients and ``norm_after /
     norm_before`` as a tensor (1 when nothing changed). With ``copies`` the gradients have a

@@ -52,25 +52,20 @@ class ArmijoLineSearch(torch.optim.Optimizer):
         if len(self.param_groups) != 1:
             raise ValueError("ArmijoLineSearch uses one step size for all parameters; "
                              "pass one parameter group")
-        self.state_info: dict[str, Any] = {
-            "last_step_size": 0.0, "last_evaluations": 0, "total_evaluations": 0,
-            "last_status": None, "failures": 0,
-        }
+        self.state_info: dict[str, Any] = {"last_step_size": 0.0, "last_evaluations": 0,
+                                           "total_evaluations": 0, "last_status": None, "failures": 0}
 
     def _finish(self, step_size: float, evaluations: int, status: str) -> None:
         self.param_groups[0]["lr"] = step_size
         info = self.state_info
-        info["last_step_size"] = step_size
-        info["last_evaluations"] = evaluations
+        info.update(last_step_size=step_size, last_evaluations=evaluations, last_status=status)
         info["total_evaluations"] += evaluations
-        info["last_status"] = status
         if status == "no_decrease":
             info["failures"] += 1
 
     @torch.no_grad()
-    def step(  # type: ignore[override]
-        self, closure: Callable[[], float], loss: float | None = None
-    ) -> float:
+    def step(self, closure: Callable[[], float],  # type: ignore[override]
+             loss: float | None = None) -> float:
         """Take one line-search step along -p.grad; return the loss at the new point.
 
         `closure()` returns the loss (a float) at the current parameters; `loss` is the loss at

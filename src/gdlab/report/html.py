@@ -54,8 +54,7 @@ figcaption { color: #444; font-size: 0.9em; max-width: 780px; }
 """.strip()
 
 
-def build_report(runs: list[StoredRun], summary: dict[str, Any],
-                 out_dir: str | Path) -> dict[str, Path]:
+def build_report(runs: list[StoredRun], summary: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``out_dir/report.html``, ``out_dir/summary.md`` and ``out_dir/figures/NAME.png``.
 
     Everything is written into a temporary directory beside ``out_dir`` first and moved in only
@@ -88,8 +87,7 @@ def _install(staging: Path, out: Path) -> None:
     os.replace(staging / HTML_NAME, out / HTML_NAME)
 
 
-def render_html(summary: dict[str, Any], figures: Sequence[Figure],
-                runs: Sequence[StoredRun] = ()) -> str:
+def render_html(summary: dict[str, Any], figures: Sequence[Figure], runs: Sequence[StoredRun] = ()) -> str:
     """The report as one HTML page: every figure embedded as a base64 PNG data URI, inline CSS,
     no scripts and no external references; all text escaped."""
     esc = html.escape

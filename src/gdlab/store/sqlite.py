@@ -86,9 +86,8 @@ _SCHEMA = (
 
 # Leading whitespace and SQL comments, then the first keyword of the statement.
 _FIRST_KEYWORD = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL)
-_READ_ACTIONS = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
+_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                           sqlite3.SQLITE_RECURSIVE})
 
 
 class RunStore:
@@ -139,9 +138,8 @@ class RunStore:
                 others = [r[0] for r in conn.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
                 if others:
-                    raise GdlabError(f"{self.path} is a SQLite database but not a gdlab run store "
-                                     f"(it has tables {', '.join(sorted(others))}); "
-                                     f"choose another store path")
+                    raise GdlabError(f"{self.path} is a SQLite database but not a gdlab run store (it has "
+                                     f"tables {', '.join(sorted(others))}); choose another store path")
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -278,11 +276,9 @@ class RunStore:
             record.update(history=history[key], events=events[key], diagnostics=diagnostics[key])
             if r["extra_json"]:
                 record.update(json.loads(r["extra_json"]))
-            stored.append(StoredRun(
-                run_key=key, study=r["study"], task=r["task"], optimizer=r["optimizer"],
-                phase=r["phase"], trial=r["trial"], seed=r["seed"], lr=r["lr"],
-                params=json.loads(r["params_json"]), record=record,
-            ))
+            stored.append(StoredRun(run_key=key, study=r["study"], task=r["task"], optimizer=r["optimizer"],
+                                    phase=r["phase"], trial=r["trial"], seed=r["seed"], lr=r["lr"],
+                                    params=json.loads(r["params_json"]), record=record))
         return stored
 
     def run_keys(self, study: str | None = None) -> set[str]:
@@ -353,11 +349,9 @@ def _insert_items(conn: sqlite3.Connection, table: str, columns: tuple[str, ...]
 
 def _insert_diagnostics(conn: sqlite3.Connection, run_key: str,
                         diagnostics: Mapping[str, list[dict[str, Any]]]) -> None:
-    conn.executemany(
-        "INSERT INTO diagnostics (run_key, name, step, value) VALUES (?, ?, ?, ?)",
-        ((run_key, name, _cell(point.get("step")), _cell(point.get("value")))
-         for name, series in diagnostics.items() for point in series),
-    )
+    conn.executemany("INSERT INTO diagnostics (run_key, name, step, value) VALUES (?, ?, ?, ?)",
+                     ((run_key, name, _cell(point.get("step")), _cell(point.get("value")))
+                      for name, series in diagnostics.items() for point in series))
 
 
 def _split(columns: tuple[str, ...], item: Mapping[str, Any]) -> tuple[Any, ...]:

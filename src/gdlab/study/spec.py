@@ -123,11 +123,9 @@ class StudySpec:
                 lr: float, seed: int) -> str:
         """Deterministic id of one run: the same study, entries, phase, trial, lr and seed give
         the same key, so a re-run study skips what is stored."""
-        payload = {
-            "study": self.name, "task": asdict(task), "optimizer": asdict(opt), "phase": phase,
-            "trial": trial, "lr": float(lr), "seed": int(seed), "sampler": self.sampler,
-            "trials": self.trials, "tuning_seed": self.tuning_seed,
-        }
+        payload = {"study": self.name, "task": asdict(task), "optimizer": asdict(opt), "phase": phase,
+                   "trial": trial, "lr": float(lr), "seed": int(seed), "sampler": self.sampler,
+                   "trials": self.trials, "tuning_seed": self.tuning_seed}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -276,11 +274,9 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
     for opt_key in ("store", "report", "description"):
         if data.get(opt_key) is not None and not isinstance(data[opt_key], str):
             raise GdlabError(f"{_where(source, opt_key)} must be a string")
-    return StudySpec(
-        name=name, description=data.get("description") or "", workers=workers, seeds=seeds,
-        sampler=sampler, trials=trials, tuning_seed=tuning_seed, tasks=tasks, optimizers=optimizers,
-        store=data.get("store"), report=data.get("report"),
-    )
+    return StudySpec(name=name, description=data.get("description") or "", workers=workers, seeds=seeds,
+                     sampler=sampler, trials=trials, tuning_seed=tuning_seed, tasks=tasks,
+                     optimizers=optimizers, store=data.get("store"), report=data.get("report"))
 
 
 def check_study_runs(spec: StudySpec) -> None:
