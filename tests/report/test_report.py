@@ -407,3 +407,13 @@ def test_tensorboard_event_files_hold_the_history(tmp_path):
     want = [(r["step"], r["train_loss"]) for r in run.history if r.get("train_loss") is not None]
     assert [s for s, _ in got] == [s for s, _ in want]
     assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+
+
+def test_figures_drawn_in_worker_processes_are_the_same_images(tmp_path):
+    """The tasks' figures drawn in two spawned processes equal those drawn in this one, byte for
+    byte, in the same order and with the same names."""
+    runs, summary = fake_study()
+    here = figures_module.study_figures(runs, summary, workers=1)
+    pooled = figures_module.study_figures(runs, summary, workers=2)
+    assert [(f.section, f.name, f.png) for f in pooled] == [(f.section, f.name, f.png) for f in here]
+    assert len(here) > 4

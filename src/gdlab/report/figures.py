@@ -3,8 +3,11 @@ profiles and stability traces, each drawn with matplotlib's object API (no pyplo
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import math
+import multiprocessing
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,7 +86,7 @@ def optimizer_colors(optimizers: Sequence[str]) -> dict[str, str]:
     return colors
 
 
-def study_figures(runs: list[StoredRun], summary: dict[str, Any]) -> list[Figure]:
+def study_figures(runs: list[StoredRun], summary: dict[str, Any], workers: int | None = None) -> list[Figure]:
     """Every figure of a study's report, in report order.
 
     Per task (section ``"task: NAME"``): training loss vs gradient evaluations / N and vs wall
@@ -91,11 +94,14 @@ def study_figures(runs: list[StoredRun], summary: dict[str, Any]) -> list[Figure
     Then the performance profiles, then (when the final runs recorded them) gradient norms and
     sharpness against 2/lr per task (section ``"stability traces"``). Curves use the ``final``
     runs (the ``single`` ones when a task has no final runs); sensitivity uses
-    ``summary["sensitivity"]``.
+    ``summary["sensitivity"]``. The tasks are drawn in ``workers`` processes (default: one per
+    CPU, at most 4, from three tasks on; 1: in this one), the same images either way.
     """
     tasks = ordered_names(summary.get("tasks", []), (r.task for r in runs))
     optimizers = ordered_names(summary.get("optimizers", []), (r.optimizer for r in runs))
     colors = optimizer_colors(optimizers)
+    jobs = [([r for r in runs if r.task == task], summary, optimizers, colors, task) for task in tasks]
+    drawn = _draw_all([*jobs, ([], summary, optimizers, colors, None)], workers)
     used: set[str] = set()
     figures: list[Figure] = []
     stability: list[Figure] = []
@@ -110,20 +116,41 @@ def study_figures(runs: list[StoredRun], summary: dict[str, Any]) -> list[Figure
         used.add(name)
         into.append(Figure(section, name, title, caption, png))
 
-    with matplotlib.rc_context(_STYLE):
-        for task in tasks:
-            groups = _curve_groups(runs, task, optimizers)
-            target = summary.get("targets", {}).get(task)
-            stem, section = f"{slug(task)}_", task_section(task)
-            for made in (_loss_figure(task, groups, colors, target, "epochs"),
-                         _loss_figure(task, groups, colors, target, "wall_time_s"),
-                         _accuracy_figure(task, groups, colors, target),
-                         _sensitivity_figure(task, summary, optimizers, colors)):
-                add(figures, section, made, stem)
-            for made in (_grad_norm_figure(task, groups, colors), _sharpness_figure(task, groups, colors)):
-                add(stability, STABILITY_SECTION, made, stem)
-        add(figures, PROFILE_SECTION, _profile_figure(summary, optimizers, colors))
+    for task, (own, traces) in zip(tasks, drawn):
+        for made in own:
+            add(figures, task_section(task), made, f"{slug(task)}_")
+        for made in traces:
+            add(stability, STABILITY_SECTION, made, f"{slug(task)}_")
+    for made in drawn[-1][0]:
+        add(figures, PROFILE_SECTION, made)
     return figures + stability
+
+
+def _draw(job: tuple[list[StoredRun], dict[str, Any], list[str], dict[str, str], str | None]
+          ) -> tuple[list[_Made | None], list[_Made | None]]:
+    """One task's figures and its stability traces, or (task None) the performance profiles."""
+    runs, summary, optimizers, colors, task = job
+    with matplotlib.rc_context(_STYLE):
+        if task is None:
+            return [_profile_figure(summary, optimizers, colors)], []
+        groups = _curve_groups(runs, task, optimizers)
+        target = summary.get("targets", {}).get(task)
+        return ([_loss_figure(task, groups, colors, target, "epochs"),
+                 _loss_figure(task, groups, colors, target, "wall_time_s"),
+                 _accuracy_figure(task, groups, colors, target),
+                 _sensitivity_figure(task, summary, optimizers, colors)],
+                [_grad_norm_figure(task, groups, colors), _sharpness_figure(task, groups, colors)])
+
+
+def _draw_all(jobs: list[Any], workers: int | None) -> list[tuple[list[_Made | None], list[_Made | None]]]:
+    """:func:`_draw` of every job, in order, in a pool of fresh processes (matplotlib draws in one
+    thread, a figure in about half a second, a process starts in about one) or in this one."""
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if len(jobs) > 3 else 1
+    if min(workers, len(jobs)) < 2:
+        return [_draw(job) for job in jobs]
+    with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_draw, jobs))
 
 
 def _curve_groups(runs: Sequence[StoredRun], task: str, optimizers: Sequence[str]) -> _Groups:
