@@ -73,6 +73,21 @@ def count_runs(db):
         return 0
 
 
+def test_two_workers_store_the_same_runs_as_one(tmp_path):
+    """Two worker processes take each pair's search and then each final run as its own job; the
+    store ends with the same runs, the same best learning rates and the same losses as one
+    worker's (every run is deterministic in its config), and the outcomes count every run once."""
+    spec = parse_study(TINY)
+    stores = {}
+    for workers in (1, 2):
+        outcomes = run_study(spec, tmp_path / f"{workers}.db", workers=workers)
+        assert sum(o.ran for o in outcomes) == expected_runs(spec)
+        with RunStore(tmp_path / f"{workers}.db") as store:
+            stores[workers] = {r.run_key: (r.lr, r.final["train_loss"]) for r in store.runs(study="tiny")}
+        assert len({(o.task, o.optimizer) for o in outcomes}) == len(outcomes) == 4
+    assert stores[1] == stores[2] and len(stores[2]) == expected_runs(spec)
+
+
 def test_a_killed_study_resumes_and_stores_each_run_exactly_once(tmp_path):
     """SIGKILL the whole study (main process and its two workers) halfway, run it again: the study
     completes with every expected run stored exactly once and no orphan metric rows. (The kill

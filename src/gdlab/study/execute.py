@@ -9,10 +9,11 @@ killed and started again skips what is stored and finishes the rest, each run st
 from __future__ import annotations
 
 import concurrent.futures as cf
+import heapq
 import math
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,11 @@ def _objective(status: str | None, train_loss: float | None) -> float | None:
     return float(train_loss)
 
 
-def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
-             threads: int | None = None) -> PairOutcome:
+def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str, threads: int | None = None, *,
+             seeds: Sequence[int] | None = None, lr: float | None = None) -> PairOutcome:
     """Tune and re-run one (task, optimizer) pair, storing each run as it finishes (skipping
-    runs already stored). Runs in a worker process or in the caller's."""
+    runs already stored). Runs in a worker process or in the caller's. ``seeds`` (default: the
+    study's) are the final runs it makes; with ``lr`` the search is skipped and they use it."""
     import torch
 
     from gdlab.run import run
@@ -106,7 +108,9 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
             run_sweep(configs, on_result=stored)
             return [values[number] for number, _ in trials]
 
-        if opt.searched:
+        if lr is not None:
+            outcome.best_lr = lr
+        elif opt.searched:
             search = search_learning_rate(spec.sampler, spec.trials, opt.lr_low, opt.lr_high,
                                           lambda number, lr: execute("tune", number, lr, spec.tuning_seed),
                                           seed=spec.tuning_seed, evaluate_many=execute_many)
@@ -114,7 +118,7 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str,
         else:
             outcome.best_lr = opt.lr_low
         if outcome.best_lr is not None:
-            for seed in spec.seeds:
+            for seed in spec.seeds if seeds is None else seeds:
                 execute("final", None, outcome.best_lr, seed)
     return outcome
 
@@ -145,17 +149,32 @@ def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = 
                 on_progress(stored_count(), total)
         return outcomes
 
+    # Jobs: each pair's search, then each of its final runs as a job of its own, the most costly
+    # regime first, so that the workers stay busy to the end (seed -1: the search).
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     results: dict[tuple[int, int], PairOutcome] = {}
+    ready = [(_COST_ORDER.get(spec.optimizers[o].regime, 3), t, o, -1) for t, o in pairs]
+    heapq.heapify(ready)
+    pending: dict[cf.Future, tuple[int, int, int, int]] = {}
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_pair, spec, t, o, store_path, threads): (t, o) for t, o in pairs}
-        pending = set(futures)
         try:
-            while pending:
-                done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            while ready or pending:
+                while ready and len(pending) < workers:
+                    cost, t, o, seed = heapq.heappop(ready)
+                    options = {"seeds": ()} if seed < 0 else {"seeds": (seed,), "lr": results[(t, o)].best_lr}
+                    pending[pool.submit(run_pair, spec, t, o, store_path, threads, **options)] = (cost, t, o, seed)
+                done, _ = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
-                    results[futures[fut]] = fut.result()
+                    cost, t, o, seed = pending.pop(fut)
+                    outcome = fut.result()
+                    if seed < 0:
+                        results[(t, o)] = outcome
+                        for s in spec.seeds if outcome.best_lr is not None else ():
+                            heapq.heappush(ready, (cost, t, o, s))
+                    else:
+                        results[(t, o)].ran += outcome.ran
+                        results[(t, o)].skipped += outcome.skipped
                 if on_progress:
                     on_progress(stored_count(), total)
         except cf.process.BrokenProcessPool:
