@@ -26,8 +26,9 @@ from gdlab.engine.steppers.stacked import (StackedForward, StackedLane, StackedO
                                           stacked_step)
 from gdlab.optim import build_optimizer
 from gdlab.optim.functional import functional_rule
+from gdlab.optim.regularization import make_regularizer
 from gdlab.run import PreparedRun, RunResult, make_result, prepare, run
-from gdlab.run.build import make_regularizer, stop_rules
+from gdlab.run.build import stop_rules
 from gdlab.run.execute import lr_sequence
 
 VARYING = ("lr", "seed")

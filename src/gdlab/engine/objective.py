@@ -173,9 +173,12 @@ def full_batch_loss_and_grad(model: nn.Module, loss_fn: LossFn, X: Data, y: Tens
     rows = None if one_pass else as_rows(X, y, chunk_size, like=params[0])  # refuses bad data first
     for p in params:
         p.grad = None
+    reg = None
     if one_pass:
         data_loss = loss_fn(model(X), y)
-        data_loss.backward()
+        reg = regularizer() if regularizer is not None else None
+        # one backward pass for the data term and R: their gradients add up in p.grad either way
+        (data_loss + reg if reg is not None and reg.requires_grad else data_loss).backward()
         data_loss, n, num_chunks = data_loss.detach(), int(X.shape[0]), 1
     else:
         n = int(total_rows) if total_rows is not None else rows.n
@@ -194,9 +197,10 @@ def full_batch_loss_and_grad(model: nn.Module, loss_fn: LossFn, X: Data, y: Tens
 
     reg_loss = 0.0
     if regularizer is not None:
-        reg = regularizer()
-        if reg.requires_grad:
-            _accumulate(reg, params, buffers)
+        if reg is None:
+            reg = regularizer()
+            if reg.requires_grad:
+                _accumulate(reg, params, buffers)
         reg_loss = float(reg.detach())
 
     if buffers is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import torch
@@ -48,6 +48,19 @@ def regularization_term(model: nn.Module, l1: float = 0.0, l2: float = 0.0) -> t
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return total
     return total + penalty([w.to(dtype) for w in weights], l1, l2)
+
+
+def make_regularizer(model: nn.Module, l1: float = 0.0, l2: float = 0.0) -> Callable[[], torch.Tensor] | None:
+    """:func:`regularization_term` of ``model`` as a closure for the engine, with the strengths
+    checked and the penalised weights found once instead of at every step; None when nothing is
+    penalised (R = 0)."""
+    l1, l2 = _check_strength("l1", l1), _check_strength("l2", l2)
+    weights = [p for _, p in regularized_parameters(model)]
+    if not weights or not (l1 or l2):
+        return None
+    if {w.dtype for w in weights} in ({torch.float32}, {torch.float64}):
+        return lambda: penalty(weights, l1, l2)
+    return lambda: regularization_term(model, l1=l1, l2=l2)
 
 
 def penalty(weights: Sequence[torch.Tensor], l1: float, l2: float, copies: bool = False) -> torch.Tensor | float:

@@ -24,7 +24,8 @@ from gdlab.engine.loop import Callback, StopRules
 from gdlab.engine.regimes import SampleSchedule, make_schedule
 from gdlab.errors import GdlabError, unknown_name
 from gdlab.models import build_model
-from gdlab.optim import build_optimizer, get_loss, loss_output_dim, regularization_term
+from gdlab.optim import build_optimizer, get_loss, loss_output_dim
+from gdlab.optim.regularization import make_regularizer
 from gdlab.optim.losses import LossFn
 from gdlab.optim.schedules import build_scheduler
 
@@ -226,13 +227,6 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
         optimizer=optimizer, scheduler=scheduler, schedule=schedule, chunk_size=chunk, eval_every=eval_every,
         log_every=log_every, expected_steps=expected, shard=shard, chunk=chunk_info,
     )
-
-
-def make_regularizer(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
-    """R(theta) of ``model`` as a closure for the engine, or None when both coefficients are 0."""
-    if not (l1 or l2):
-        return None
-    return lambda: regularization_term(model, l1=l1, l2=l2)
 
 
 def stop_rules(config: RunConfig) -> StopRules:
