@@ -22,6 +22,7 @@ from gdlab.engine.choose import stacked_blocker
 from gdlab.engine.objective import FullBatchObjective, full_batch_loss_and_grad
 from gdlab.engine.loop import GuardOptions, loop_steps, train_lanes
 from gdlab.engine.regimes import make_schedule
+from gdlab.engine.steppers.compiled import block_length
 from gdlab.engine.steppers.stacked import (StackedForward, StackedLane, StackedObjective, StackedSteps,
                                           stacked_step)
 from gdlab.optim import build_optimizer
@@ -151,8 +152,8 @@ def _run_stacked(configs: list[RunConfig], preparations: dict[int, PreparedRun],
         columns.append(seq if seq is not None else [c.lr] * ((steps or 0) + 1))
     lr_table = torch.tensor(columns, dtype=params[0].dtype).T.contiguous()
     stop = stop_rules(c0)
-    shared = StackedSteps(objective, rule, params, first.data, schedules, lr_table,
-                          clip_norm=c0.clip_norm, clip_value=c0.clip_value)
+    shared = StackedSteps(objective, rule, params, first.data, schedules, lr_table, clip_norm=c0.clip_norm,
+                          clip_value=c0.clip_value, block=block_length(first.eval_every))
     models, runs = [], []
     for k, c in enumerate(configs):
         model = copy.deepcopy(preparations[c.seed].model)

@@ -230,16 +230,18 @@ def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list
 
 
 class StackedSteps:
-    """The computation K lanes share: one stacked step of every copy per round (:meth:`step`,
-    computed once, when the first lane asks), committed for all of them by :meth:`advance` at the
-    round's end. ``params`` carry a leading K; ``lr_table`` (steps + 1, K) holds each copy's
-    learning rate per step (the last row repeats); ``schedules`` one sample schedule per copy
-    (all the same object when the copies share their sample order)."""
+    """The computation K lanes share: each round, ``count`` stacked steps of every copy (:meth:`step`,
+    computed once, when the first lane asks; a lane asks for a block of ``block`` steps where its
+    loop allows, as the compiled stepper does, so the K loops' bookkeeping runs once per block),
+    committed for all of them by :meth:`advance` at the round's end. ``params`` carry a leading K;
+    ``lr_table`` (steps + 1, K) holds each copy's learning rate per step (the last row repeats);
+    ``schedules`` one sample schedule per copy (all the same object when the copies share their
+    sample order)."""
 
     def __init__(self, objective: StackedObjective, rule: FunctionalRule, params: list[Tensor], data: Any,
-                 schedules: Sequence[SampleSchedule], lr_table: Tensor, *,
-                 clip_norm: float | None = None, clip_value: float | None = None) -> None:
-        self.objective, self.rule, self.data = objective, rule, data
+                 schedules: Sequence[SampleSchedule], lr_table: Tensor, *, clip_norm: float | None = None,
+                 clip_value: float | None = None, block: int = 1) -> None:
+        self.objective, self.rule, self.data, self.block = objective, rule, data, block
         self.X, self.y = data.X_train, data.y_train
         self._measured: dict[str, list[Any]] = {}
         self.schedules, self.lr_table = list(schedules), lr_table
@@ -247,36 +249,47 @@ class StackedSteps:
         self.shared_order = all(s is self.schedules[0] for s in self.schedules)
         self.current, self.state = params, rule.init(params)
         self.previous: list[Tensor] | None = None
-        self.round = 0
+        self.round = 0  # the step the round starts at
         self._pending: tuple[Any, ...] | None = None
 
     def lrs(self, step: int) -> Tensor:
         """Each copy's learning rate at ``step`` (K,)."""
         return self.lr_table[min(step, self.lr_table.shape[0] - 1)]
 
-    def step(self) -> tuple[list[float], list[float], list[float], list[float] | None, int, float]:
-        """This round's step of every copy: (losses, grad norms, lrs, clip factors or None, rows,
-        seconds), each list over the K copies."""
+    def _batch(self) -> tuple[Tensor, Tensor, bool, int]:
+        X, y = self.X, self.y
+        if self.shared_order:
+            idx = self.schedules[0].next_indices()
+            if idx is None:
+                return X, y, False, int(X.shape[0])
+            return X[idx.to(X.device)], y[idx.to(X.device)], False, int(idx.numel())
+        stacked_idx = torch.stack([s.next_indices() for s in self.schedules]).to(X.device)
+        return X[stacked_idx], y[stacked_idx], True, int(stacked_idx.shape[1])
+
+    def step(self, count: int = 1) -> tuple[list[tuple[list[float], list[float], list[float], Any, int]], float]:
+        """This round's ``count`` steps of every copy: per step (losses, grad norms, lrs, clip factors
+        or None, rows), each list over the K copies, and the seconds they took."""
         if self._pending is None:
             t0 = time.perf_counter()
-            X, y = self.X, self.y
-            if self.shared_order:
-                idx = self.schedules[0].next_indices()
-                rows = int(X.shape[0]) if idx is None else int(idx.numel())
-                Xb, yb = (X, y) if idx is None else (X[idx.to(X.device)], y[idx.to(X.device)])
-                per_copy = False
-            else:
-                stacked_idx = torch.stack([s.next_indices() for s in self.schedules]).to(X.device)
-                rows = int(stacked_idx.shape[1])
-                Xb, yb, per_copy = X[stacked_idx], y[stacked_idx], True
-            lrs = self.lrs(self.round)
-            new, state, losses, gnorms, factors = stacked_step(
-                self.objective, self.rule, self.current, self.state, lrs, Xb, yb, per_copy, self.clip_norm,
-                self.clip_value)
-            result = (losses.double().tolist(), gnorms.tolist(), lrs.tolist(),
-                      None if factors is None else factors.tolist(), rows, time.perf_counter() - t0)
-            self._pending = (new, state, result)
-        return self._pending[2]
+            params, state, trail, results = self.current, self.state, [], []
+            for i in range(count):
+                Xb, yb, per_copy, rows = self._batch()
+                lrs = self.lrs(self.round + i)
+                params, state, losses, gnorms, factors = stacked_step(
+                    self.objective, self.rule, params, state, lrs, Xb, yb, per_copy, self.clip_norm, self.clip_value)
+                trail.append(params)
+                results.append((losses.double().tolist(), gnorms.tolist(), lrs.tolist(),
+                                None if factors is None else factors.tolist(), rows))
+            self._pending = (state, trail, results, time.perf_counter() - t0)
+        if len(self._pending[2]) != count:
+            raise RuntimeError(f"stacked lanes out of step: {count} steps asked, {len(self._pending[2])} computed")
+        return self._pending[2], self._pending[3]
+
+    def params_at(self, offset: int) -> list[Tensor] | None:
+        """The copies' parameters ``offset`` steps into this round (-1: one step before it, None
+        when there is none)."""
+        trail = self._pending[1] if self._pending is not None else []
+        return [self.previous, self.current, *trail][offset + 1]
 
     @torch.no_grad()
     def measure(self, what: str) -> list[Any]:
@@ -295,19 +308,19 @@ class StackedSteps:
         return self._measured[what]
 
     def advance(self) -> None:
-        """Commit the round's step for every copy (a lane that stopped no longer reads its slot)."""
+        """Commit the round's steps for every copy (a lane that stopped no longer reads its slot)."""
         self._measured = {}
         if self._pending is not None:
-            self.previous = self.current
-            self.current, self.state, _ = self._pending
+            self.state, trail, _, _ = self._pending
+            self.previous, self.current = ([self.current, *trail])[-2:]
             self._pending = None
-            self.round += 1
+            self.round += len(trail)
 
 
 class StackedLane(Stepper):
     """Copy ``k`` of a :class:`StackedSteps` as a stepper of the one loop, training ``model`` (a
     model of the copies' architecture that holds copy k's parameters for measurements and the
-    final record). Its training time is its share of each stacked step. Lanes stay in lockstep:
+    final record). Its training time is its share of each stacked block. Lanes stay in lockstep:
     the guard policy is stop, under which a lane that goes back stops there."""
 
     name = "stacked"
@@ -316,25 +329,30 @@ class StackedLane(Stepper):
         self.shared, self.k = shared, k
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.full = shared.schedules[k].is_full
+        self.max_block = shared.block
         self.clipping = shared.clip_norm is not None or shared.clip_value is not None
-        self._restored = False
+        self._count, self._accepted = 1, 0
+        self._final: list[Tensor] | None = None  # where a lane that stops inside a round ends
 
     def run(self, step: int, count: int) -> Block:
-        losses, gnorms, lrs, _, rows, seconds = self.shared.step()
-        k, K = self.k, len(losses)
-        return Block([losses[k]], [gnorms[k]], [lrs[k]], [rows], seconds / K)
+        steps, seconds = self.shared.step(count)
+        k = self.k
+        self._count = count
+        return Block([s[0][k] for s in steps], [s[1][k] for s in steps], [s[2][k] for s in steps],
+                     [s[4] for s in steps], seconds / len(steps[0][0]))
 
     def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:
+        self._accepted = k
+        if k < self._count:  # the lane stops in this round (a tolerance rule or the guard)
+            self._final = self.shared.params_at(k)
         if k == 0:
             return [], 0.0
-        _, gnorms, _, factors, *_ = self.shared.step()
-        return [Clip.scaled(factors[self.k], gnorms[self.k]) if self.clipping else None], 0.0
+        steps, _ = self.shared.step(self._count)
+        return [Clip.scaled(s[3][self.k], s[1][self.k]) if self.clipping else None for s in steps[:k]], 0.0
 
     def back(self) -> int | None:
-        if self.shared.previous is None:
-            return None
-        self._restored = True
-        return self.shared.round - 1
+        self._final = self.shared.params_at(self._accepted - 1)
+        return None if self._final is None else self.shared.round + self._accepted - 1
 
     def scale_lr(self, factor: float) -> None:
         raise NotImplementedError("stacked lanes run under guard policy stop")
@@ -347,6 +365,5 @@ class StackedLane(Stepper):
 
     @torch.no_grad()
     def sync(self) -> None:
-        source = self.shared.previous if self._restored else self.shared.current
-        for p, stacked in zip(self.params, source):
+        for p, stacked in zip(self.params, self._final if self._final is not None else self.shared.current):
             p.copy_(stacked[self.k])
