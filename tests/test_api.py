@@ -64,17 +64,111 @@ def test_train_on_tensors_equals_the_cli_on_the_same_file(cli_reference):
     assert run.environment["data"].startswith("in memory")
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_train_on_a_torch_dataset_or_dataloader_equals_tensors(cli_reference, shuffle):
-    """The rows are read in the dataset's order (the loader's shuffling is not the run's sample
-    order: the regime and seed are), so every form gives the same run."""
+def test_train_on_a_torch_dataset_equals_tensors(cli_reference):
+    """A torch Dataset's rows are read once, in the dataset's order, into tensors: the same run."""
     record, cli_params, (X, y, Xt, yt) = cli_reference
-    train_set, test_set = TensorDataset(X, y), TensorDataset(Xt, yt)
-    for data, test in ((train_set, test_set),
-                       (DataLoader(train_set, batch_size=50, shuffle=shuffle), DataLoader(test_set, batch_size=7))):
-        run = gdlab.train(None, data, test=test, **OPTIONS)
-        assert run.final["train_loss"] == record["final"]["train_loss"]
-        assert_same_params(params_of(run), cli_params)
+    run = gdlab.train(None, TensorDataset(X, y), test=TensorDataset(Xt, yt), **OPTIONS)
+    assert run.final["train_loss"] == record["final"]["train_loss"]
+    assert_same_params(params_of(run), cli_params)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_train_streams_a_dataloader_and_takes_the_clis_steps(cli_reference, shuffle):
+    """A DataLoader is streamed: each mini-batch step reads the rows the run's schedule draws from
+    the loader's dataset (the loader's shuffling is not the sample order), so the steps, and the
+    parameters, are the CLI's exactly; the full-batch losses are sums over the loader's batches
+    instead of one pass, equal to float rounding."""
+    record, cli_params, (X, y, Xt, yt) = cli_reference
+    loader = DataLoader(TensorDataset(X, y), batch_size=50, shuffle=shuffle)
+    run = gdlab.train(None, loader, test=DataLoader(TensorDataset(Xt, yt), batch_size=7), **OPTIONS)
+    assert_same_params(params_of(run), cli_params)
+    assert run.final["train_loss"] == pytest.approx(record["final"]["train_loss"], rel=1e-6)
+    assert run.final["test_accuracy"] == record["final"]["test_accuracy"]
+    assert [h["train_loss"] for h in run.history] == pytest.approx(
+        [h["train_loss"] for h in record["history"]], rel=1e-6, nan_ok=True)
+    assert run.environment["data"].startswith("streamed from a DataLoader")
+    assert run.final["engine"]["path"] == "eager" and "DataLoader" in run.final["engine"]["reason"]
+
+
+class Rows(torch.utils.data.Dataset):
+    """Rows made on demand (nothing stored): row i of a fixed random (X, y); counts its reads."""
+
+    def __init__(self, X, y):
+        self.X, self.y, self.reads = X, y, 0
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.X[i].clone(), self.y[i].clone()
+
+
+@pytest.mark.parametrize("regime, options", [
+    ("full", dict(optimizer="momentum", lr=0.3, steps=15)),
+    ("minibatch", dict(optimizer="adam", lr=0.02, batch_size=16, max_epochs=2)),
+    ("stochastic", dict(optimizer="gd", lr=0.05, max_epochs=1)),
+])
+def test_a_streamed_dataloader_trains_in_every_regime_as_its_tensors_do(regime, options):
+    """Reference: the same rows as tensors. Full batch: the gradient is summed over the loader's
+    batches of 32, a different order of the same sum (parameters to 1e-5 after 15 steps);
+    mini-batch and stochastic: the same rows each step, so the same parameters exactly. The rows
+    are read from the dataset at every pass and step, never all held at once."""
+    X, y = blobs(120)
+    rows = Rows(X, y)
+    streamed = gdlab.train(None, DataLoader(rows, batch_size=32, shuffle=True), regime=regime, seed=3, **options)
+    training_reads = len(X) * (streamed.final["step"] if regime == "full" else 1)
+    assert rows.reads >= len(X) + training_reads  # the check pass, then every step's rows
+    tensors = gdlab.train(None, (X, y), regime=regime, seed=3, **options)
+    assert streamed.final["step"] == tensors.final["step"] and streamed.final["n_train"] == 120
+    for a, b in zip(params_of(streamed), params_of(tensors)):
+        if regime == "full":
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a, b)
+    assert streamed.final["train_loss"] == pytest.approx(tensors.final["train_loss"], rel=1e-5)
+
+
+def test_a_streamed_regression_loader_gets_its_target_size_from_the_batches():
+    X = torch.randn(90, 4)
+    y = X[:, :1].sum(1) * 2.0  # float targets of shape (N,): regression with one output
+    run = gdlab.train(None, DataLoader(TensorDataset(X, y), batch_size=40), lr=0.2, steps=20)
+    reference = gdlab.train(None, (X, y), lr=0.2, steps=20)
+    assert run.config["loss"] == "mse" and run.final["test_accuracy"] is None
+    assert run.final["train_loss"] == pytest.approx(reference.final["train_loss"], rel=1e-5)
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        if self.kind == "uint8":
+            return torch.zeros(3, dtype=torch.uint8), 0
+        if self.kind == "shape":
+            return torch.zeros(3 if i < 10 else 4), 0
+        return torch.full((3,), float("nan") if i == 13 else 0.0), i % 2
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda: gdlab.train(None, DataLoader(Images("uint8"), batch_size=8)), "torch.uint8 inputs"),
+    (lambda: gdlab.train(None, DataLoader(Images("shape"), batch_size=8)), "stack expects each tensor"),
+    (lambda: gdlab.train(None, DataLoader(Images("shape"), batch_size=10)), "inputs of one shape"),
+    (lambda: gdlab.train(None, DataLoader(Images("nan"), batch_size=8)), "NaN or Inf"),
+    (lambda: gdlab.train(None, DataLoader(TensorDataset(*blobs()), batch_size=8), test=blobs()),
+     "test must be a DataLoader"),
+    (lambda: gdlab.train(None, DataLoader(TensorDataset(*blobs()), batch_size=8), chunk_size=16),
+     "chunk_size does not apply"),
+    (lambda: gdlab.train(None, DataLoader(TensorDataset(*blobs()), batch_size=7, drop_last=True)),
+     "drop_last"),
+])
+def test_a_bad_streamed_dataloader_is_one_gdlab_error_before_training(make, needle):
+    with pytest.raises(GdlabError, match=needle) as info:
+        make()
+    assert "\n" not in str(info.value)
 
 
 def test_train_on_a_task_name_equals_the_cli(tmp_path):

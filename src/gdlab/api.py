@@ -9,9 +9,9 @@
 Data may be a task name (``"digits"``), a path (``.npz``, ``.csv``, an ``X.npy``/``y.npy``
 folder, an MNIST or CIFAR-10 folder, a preset), tensors or arrays ``(X, y)`` or
 ``(X, y, X_test, y_test)``, a gdlab ``Dataset``, a torch ``Dataset`` or a ``DataLoader`` (see
-:mod:`gdlab.data.sources`). The gradient and sharpness functions stream a ``DataLoader`` batch
-by batch; :func:`train` reads a torch Dataset's (or a loader's dataset's) rows once into
-tensors, in the dataset's order, and its regime and seed decide the sample order. Options of
+:mod:`gdlab.data.sources`). A ``DataLoader`` is streamed batch by batch, by :func:`train` in
+every regime (the run's regime and seed decide the sample order) as by the gradient and
+sharpness functions; :func:`train` reads a torch Dataset's rows once into tensors. Options of
 :func:`train` are the fields of :class:`gdlab.config.RunConfig` (the same names as the CLI
 flags, with underscores), validated with the same one-line errors. The CLI calls these
 functions.
@@ -94,7 +94,7 @@ def train(model: nn.Module | str | None = None, data: DataObject | str | Path = 
         check_output_dir(out)
     result = run(config, callbacks=callbacks, model=module, data=dataset)
     if dataset is not None:
-        result.environment["data"] = f"in memory: {dataset.description}"
+        result.environment["data"] = dataset.description if dataset.streamed else f"in memory: {dataset.description}"
     if out is not None:
         save_run(result, out)
     return result

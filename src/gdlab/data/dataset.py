@@ -30,6 +30,7 @@ class Dataset:
     num_classes: int | None = None
     image_shape: tuple[int, ...] | None = None
     description: str = ""
+    streamed = False  # the rows are tensors (see StreamedDataset)
 
     @property
     def n_train(self) -> int:
@@ -51,6 +52,10 @@ class Dataset:
             return int(self.num_classes)
         return int(self.y_train.shape[1])
 
+    def head(self, k: int = 2) -> torch.Tensor:
+        """The first ``k`` training inputs (what a model's input check runs)."""
+        return self.X_train[:k]
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Dataset":
         """Return a copy with the tensors on `device`; floating tensors cast to `dtype`."""
 
@@ -63,6 +68,30 @@ class Dataset:
             self, X_train=move(self.X_train), y_train=move(self.y_train), X_test=move(self.X_test),
             y_test=move(self.y_test),
         )
+
+
+@dataclass
+class StreamedDataset(Dataset):
+    """A Dataset whose rows stay in DataLoaders, read batch by batch at every pass (memory bounded
+    by one batch): ``X_train`` is the training loader, ``X_test`` the test loader or an empty tensor,
+    ``y_train``/``y_test`` None; ``rows`` (training, test), ``probe`` (the first inputs) and
+    ``target_dim`` stand in for the tensors' shapes. Made by :func:`gdlab.data.sources.dataset_from_loader`;
+    each batch is cast to the run's dtype and moved to its device as it is read."""
+
+    rows: tuple[int, int] = (0, 0)
+    probe: torch.Tensor | None = None
+    target_dim: int | None = None
+    streamed = True
+    n_train = property(lambda self: self.rows[0])
+    n_test = property(lambda self: self.rows[1])
+    input_shape = property(lambda self: tuple(self.probe.shape[1:]))
+    output_dim = property(lambda self: int(self.num_classes if self.task_type == "classification" else self.target_dim))
+
+    def head(self, k: int = 2) -> torch.Tensor:
+        return self.probe[:k]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Dataset":
+        return replace(self, probe=self.probe.to(dtype=dtype or self.probe.dtype))
 
 
 def validate_dataset(ds: Dataset) -> None:

@@ -8,10 +8,13 @@ tensors or arrays, a gdlab Dataset, a torch Dataset or a DataLoader.
   given) or (N,) / (N, k) floats (regression; a 1-D y becomes (N, 1)). All N rows are training
   rows; a test set is only what ``test`` gives. Nothing is standardised or split.
 * a gdlab ``Dataset``: as it is.
-* a ``torch.utils.data.Dataset`` of (input, target) items, or a ``DataLoader`` over one: the
-  items are read once, in the dataset's order (a loader's own shuffling is ignored: the run's
-  regime and seed decide the sample order, as for every other source), see
-  :func:`dataset_from_torch`.
+* a ``torch.utils.data.Dataset`` of (input, target) items: read once into tensors, in the
+  dataset's order, see :func:`dataset_from_torch`;
+* a ``DataLoader``: streamed, its rows never held in memory at once (:func:`dataset_from_loader`).
+  A full-batch pass reads the loader's batches (its workers, collate_fn and batch size apply; its
+  shuffling changes only the order of the sum); a mini-batch or stochastic step reads the rows
+  the run's schedule draws (regime and seed decide the sample order, as for every other source)
+  from the loader's dataset in this process and collates them with the loader's collate_fn.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from gdlab.data import presets
-from gdlab.data.dataset import Dataset, validate_dataset
+from gdlab.data.dataset import Dataset, StreamedDataset, validate_dataset
 from gdlab.data.formats import cifar10, csv, idx, npy, npz
 from gdlab.data.formats.common import (
     check_split_options, check_task_type, one_line, standardize_in_place, validate_in_blocks
 )
+from gdlab.engine.chunks import loader_rows
 from gdlab.data.split import is_integer, split_train_test
 from gdlab.errors import GdlabError, did_you_mean
 
@@ -355,6 +359,50 @@ def dataset_from_torch(
     return ds_out
 
 
+def dataset_from_loader(loader: DataLoader, *, test: DataLoader | None = None, task_type: str | None = None,
+                        num_classes: int | None = None) -> StreamedDataset:
+    """A :class:`StreamedDataset` over ``loader`` (and the ``test`` loader): the rows stay in the
+    loaders and are read batch by batch at every pass. One pass over each loader now checks the
+    batches as every reader checks its data (real, finite inputs of one shape; targets as the task
+    type needs, see :func:`dataset_from_torch`) and counts the classes (max label + 1 unless
+    ``num_classes`` is given); a None ``task_type`` is inferred from the first batch's targets."""
+    check_task_type(task_type)
+    if test is not None and not isinstance(test, DataLoader):
+        raise GdlabError("test must be a DataLoader when the training data is one; give "
+                         "test=DataLoader(test_set, batch_size=...)")
+    probe, target, top, rows = None, None, -1, [0, 0]
+    for split, (what, source) in enumerate((("training DataLoader", loader), ("test DataLoader", test))):
+        batches = () if source is None else loader_rows(source, device=torch.device("cpu"), dtype=torch.float32)
+        try:
+            for Xc, yc in batches:
+                if not Xc.is_floating_point():
+                    raise GdlabError(f"the {what} yields {Xc.dtype} inputs, not real numbers; convert them in "
+                                     f"the dataset (e.g. torchvision's ToTensor() or x.float())")
+                if probe is None:
+                    task_type = task_type or ("regression" if yc.is_floating_point() else "classification")
+                    probe = Xc[:2].clone()
+                y = _torch_targets(yc, task_type, what)
+                if Xc.shape[1:] != probe.shape[1:] or y.shape[1:] != (target or y.shape[1:]):
+                    raise GdlabError(f"the batch at row {rows[split]} of the {what} has inputs {tuple(Xc.shape[1:])} "
+                                     f"and targets {tuple(y.shape[1:])} per row, unlike the first batch; give every "
+                                     f"row inputs of one shape and targets of one shape")
+                target = y.shape[1:]
+                top = max(top, int(y.max())) if task_type == "classification" else top
+                validate_dataset(Dataset(what, Xc, y, Xc[:0], y[:0], task_type, num_classes=num_classes or top + 1))
+                rows[split] += len(Xc)
+        except (RuntimeError, TypeError, ValueError, IndexError) as error:  # from the dataset or collate_fn
+            raise GdlabError(f"cannot read a batch of the {what} ({one_line(error)[:200]}); give every item an "
+                             "input tensor of one shape and a numeric target") from None
+    regression, name = task_type == "regression", type(loader.dataset).__name__
+    empty_y = torch.empty(0, *target, dtype=torch.float32 if regression else torch.int64)
+    return StreamedDataset(
+        name, loader, None, test if test is not None else probe[:0], None if test is not None else empty_y,
+        task_type, None if regression else (num_classes or top + 1),
+        tuple(probe.shape[1:]) if probe.dim() == 4 else None, f"streamed from a DataLoader over a {name} "
+        f"({rows[0]} rows, batches of {loader.batch_size})", rows=tuple(rows), probe=probe,
+        target_dim=int(target[0]) if regression else None)
+
+
 def as_dataset(
     data: DataObject, *, test: DataObject = None, task_type: str | None = None, num_classes: int | None = None
 ) -> Dataset:
@@ -378,7 +426,7 @@ def as_dataset(
             parts += list(test)
         return dataset_from_tensors(*parts, task_type=task_type, num_classes=num_classes)
     if isinstance(data, DataLoader):
-        data = data.dataset
+        return dataset_from_loader(data, test=test, task_type=task_type, num_classes=num_classes)
     if isinstance(test, DataLoader):
         test = test.dataset
     if isinstance(data, torch.utils.data.Dataset):

@@ -62,7 +62,8 @@ class ChunkChoice:
 
     ``source``: ``given`` (set by the caller), ``memory`` (the memory cap or N, calibration not
     applicable: ``reason`` says why), ``calibrated`` (timed now), ``cache`` (timed earlier, read
-    from the cache), ``checkpoint`` (the size a resumed run was using). ``seconds``: time spent
+    from the cache), ``checkpoint`` (the size a resumed run was using), ``loader`` (a
+    DataLoader's batch size: its batches are the chunks). ``seconds``: time spent
     choosing. ``timings``: seconds per row of each candidate, when timed now.
     """
 

@@ -51,11 +51,13 @@ class StepperChoice:
 def compiled_blocker(*, regime: str, optimizer: str, model: torch.nn.Module, layer_mode: str,
                      schedule: str | None, step_budget: bool = True, callbacks: Sequence[Callback] = (),
                      distributed: bool = False, checkpoints: bool = False, resume: bool = False,
-                     autocast: str | None = None) -> str | None:
+                     autocast: str | None = None, streamed: bool = False) -> str | None:
     """Why the compiled stepper cannot run this configuration (one phrase), or None when it can.
     ``schedule`` is a non-constant schedule's name, ``step_budget`` whether the run's number of
     steps is known, ``autocast`` the autocast dtype or an accumulation dtype other than the
-    parameters'."""
+    parameters', ``streamed`` whether the rows come from a DataLoader."""
+    if streamed:
+        return "rows streamed from a DataLoader need the eager loop"
     if regime != "full":
         return f"it covers the full-batch regime, not '{regime}'"
     if optimizer not in FUNCTIONAL_RULES:

@@ -93,6 +93,19 @@ def _pair(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
                      f"{type(batch).__name__}; give a dataset whose items are (input, target) pairs")
 
 
+def _moved(pair: tuple[torch.Tensor, torch.Tensor], device: torch.device, dtype: torch.dtype
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``device``, floating inputs and targets cast to ``dtype``, integer labels kept."""
+    return tuple(t.to(device, dtype if t.is_floating_point() else t.dtype, non_blocking=True) for t in pair)
+
+
+def loader_batch(loader: DataLoader, rows: Sequence[int], *, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` of the loader's dataset as one batch, collated as the loader collates (a
+    mini-batch step's rows, read in this process), on ``like``'s device and floating dtype."""
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return _moved(_pair(loader.collate_fn([loader.dataset[i] for i in rows])), like.device, dtype)
+
+
 def loader_rows(loader: DataLoader, *, device: torch.device, dtype: torch.dtype) -> Rows:
     """The batches of ``loader``, moved to ``device``; floating inputs and targets cast to
     ``dtype`` (the parameters'), integer labels kept. Each pass checks it yielded N rows."""
@@ -101,13 +114,9 @@ def loader_rows(loader: DataLoader, *, device: torch.device, dtype: torch.dtype)
     def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         seen = 0
         for batch in loader:
-            Xc, yc = _pair(batch)
-            if Xc.is_floating_point():
-                Xc = Xc.to(dtype)
-            if yc.is_floating_point():
-                yc = yc.to(dtype)
+            Xc, yc = _moved(_pair(batch), device, dtype)
             seen += int(Xc.shape[0])
-            yield Xc.to(device, non_blocking=True), yc.to(device, non_blocking=True)
+            yield Xc, yc
         if seen != n:
             raise GdlabError(f"the DataLoader yielded {seen} rows in one pass but its dataset has {n}; "
                              f"{_fix()}")

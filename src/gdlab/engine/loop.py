@@ -258,7 +258,7 @@ def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, s
     """
     guard = guard or GuardOptions()
     model = objective.model
-    n = objective.total_rows or int(objective.X.shape[0])
+    n = objective.rows
     train_mode = layer_mode == "train"
     full = stepper.full
     model_callbacks = bool(callbacks) and stepper.exposes_gradients
@@ -456,7 +456,7 @@ def finish(objective: FullBatchObjective, data: Dataset, *, train_mode: bool, sh
     """The end of a run: the final record at the model's current parameters (plus the loop's
     counters and the clipping summary when ``clip_factors`` is not None), a last history record
     when the last step was not logged, and the ``on_end`` callbacks."""
-    n = objective.total_rows or int(objective.X.shape[0])
+    n = objective.rows
     final = final_record(objective, data, train_mode=train_mode, shard=shard)
     final.update(step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
                  gradient_evaluations=samples, loss_evaluations=loss_evaluations, rollbacks=rollbacks,

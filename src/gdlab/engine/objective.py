@@ -44,7 +44,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader
 
 from gdlab.engine.calibrate import chunk_choice
-from gdlab.engine.chunks import Rows, as_rows, tensor_rows
+from gdlab.engine.chunks import Rows, as_rows, loader_row_count, tensor_rows
 from gdlab.optim.losses import LossFn
 from gdlab.optim.regularization import penalty
 
@@ -277,7 +277,7 @@ def gradient_norm(params: Sequence[Tensor]) -> float:
 @dataclass
 class FullBatchObjective:
     """The full-batch training objective of one run: the model, the loss, the training rows ``X``
-    (N, ...) and ``y``, the chunk size, the regulariser, the precision (``autocast``,
+    (N, ...) and ``y`` (or a DataLoader, ``y`` None), the chunk size, the regulariser, the precision (``autocast``,
     ``accumulate`` as in :func:`full_batch_loss_and_grad`) and, across processes, this rank's
     rows with ``total_rows`` (N over all ranks) and ``reduce`` (the sum over ranks)."""
 
@@ -296,6 +296,11 @@ class FullBatchObjective:
     def __post_init__(self) -> None:
         if self.params is None:  # the trainable parameters, as every gradient function defaults to
             self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def rows(self) -> int:
+        """N, the training rows (over all processes)."""
+        return self.total_rows or (loader_row_count(self.X) if isinstance(self.X, DataLoader) else int(self.X.shape[0]))
 
     def loss(self) -> float:
         """L(theta) at the current parameters, without gradients."""

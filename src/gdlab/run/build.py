@@ -134,7 +134,7 @@ def load_data(config: RunConfig) -> Dataset:
 
 def _check_model_io(model: nn.Module, data: Dataset, output_dim: int, spec: str) -> None:
     """Run two rows through the model so shape mismatches fail now, with a clear message."""
-    probe = data.X_train[:2]
+    probe = data.head(2)
     was_training = model.training
     model.eval()
     try:
@@ -176,7 +176,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
     loss_name = config.loss or (task.default_loss if task else
                                 ("cross_entropy" if data.task_type == "classification" else "mse"))
     loss_fn = get_loss(loss_name)
-    target_dim = data.y_train.shape[1] if data.task_type == "regression" else None
+    target_dim = data.output_dim if data.task_type == "regression" else None
     output_dim = loss_output_dim(loss_name, data.task_type, data.num_classes, target_dim)
     spec = config.model or (task.default_model if task else "linear")
     with torch.random.fork_rng(devices=[]):
@@ -188,6 +188,9 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
     data = data.to(device)
     shard = make_shard(data.n_train, data.n_test)
     if shard is not None:
+        if data.streamed:
+            raise GdlabError("a DataLoader is streamed by one process; for a multi-process run give the data "
+                             "as tensors, a file or a task (each process then holds its share of the rows)")
         if config.sharpness_every:
             raise GdlabError(
                 "sharpness tracking needs the whole training set in one process; drop "
@@ -204,9 +207,15 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
     schedule = make_schedule(config.regime, n_train, batch_size=config.batch_size,
                              last_batch=config.last_batch, seed=config.seed + 1)
     # Calibration times candidate chunk sizes; a deterministic run must not depend on timing.
-    chunk_info = chunk_choice(built, loss_fn, data.X_train, data.y_train, chunk_size=config.chunk_size,
-                              memory_budget_mb=config.memory_budget_mb, autocast=precision_dtypes(config)[0],
-                              calibrate=not config.deterministic)
+    if data.streamed:  # the loader's batches are the chunks
+        if config.chunk_size is not None:
+            raise GdlabError("chunk_size does not apply to a DataLoader, whose batch_size is the chunk; "
+                             "leave chunk_size out or give the loader another batch_size")
+        chunk_info = ChunkChoice(data.X_train.batch_size, "loader")
+    else:
+        chunk_info = chunk_choice(built, loss_fn, data.X_train, data.y_train, chunk_size=config.chunk_size,
+                                  memory_budget_mb=config.memory_budget_mb, autocast=precision_dtypes(config)[0],
+                                  calibrate=not config.deterministic)
     chunk = chunk_info.size
     if config.layer_mode == "train" and any(isinstance(m, _BatchNorm) for m in built.modules()):
         rest = schedule.n % schedule.batch_size if schedule.last_batch == "keep" else 0

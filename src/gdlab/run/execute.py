@@ -92,6 +92,7 @@ def plan_stepper(config: RunConfig, prepared: PreparedRun, callbacks: Sequence[C
         regime=config.regime, optimizer=config.optimizer, model=prepared.model, layer_mode=config.layer_mode,
         schedule=schedule, step_budget=prepared.expected_steps is not None,
         callbacks=callbacks, distributed=prepared.shard is not None, checkpoints=checkpoints, resume=resume,
+        streamed=prepared.data.streamed,
         autocast=config.autocast or (config.accumulate if config.accumulate not in (None, config.dtype) else None),
     )
 

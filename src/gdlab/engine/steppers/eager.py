@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from gdlab.distributed import Shard
+from gdlab.engine.chunks import loader_batch
 from gdlab.engine.objective import FullBatchObjective, full_batch_loss, full_batch_loss_and_grad, gradient_norm
 from gdlab.engine.regimes import SampleSchedule
 from gdlab.engine.steppers import Block, Clip, Stepper
@@ -51,7 +53,7 @@ class EagerStepper(Stepper):
     def run(self, step: int, count: int) -> Block:
         t0 = time.perf_counter()
         o = self.objective
-        Xb, yb, rows = _next_batch(self.schedule, o.X, o.y, o.total_rows or o.X.shape[0], self.shard)
+        Xb, yb, rows = _next_batch(self.schedule, o.X, o.y, o.rows, self.shard, self.params[0])
         res = full_batch_loss_and_grad(
             self.model, o.loss_fn, Xb, yb, chunk_size=o.chunk_size, regularizer=o.regularizer, params=self.params,
             total_rows=rows, reduce=o.reduce, autocast=o.autocast, accumulate=o.accumulate)
@@ -264,15 +266,18 @@ def _copy_state(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def _next_batch(
-    schedule: SampleSchedule, X: torch.Tensor, y: torch.Tensor, n: int, shard: Shard | None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _next_batch(schedule: SampleSchedule, X: torch.Tensor | DataLoader, y: torch.Tensor | None, n: int,
+                shard: Shard | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The inputs and targets of the next step's rows and their count over all ranks: all ``n``
     rows (full), a slice (one row: no index tensor, no gather), else a gather of the schedule's
-    indices (across processes filtered to this rank's rows)."""
+    indices (across processes filtered to this rank's rows); from a DataLoader (``y`` None) the
+    loader itself (full) or its dataset's rows, collated (see :func:`loader_batch`)."""
     if schedule.is_full:
         schedule.next_indices()
         return X, y, n
+    if isinstance(X, DataLoader):
+        idx = schedule.next_indices()
+        return (*loader_batch(X, idx.tolist(), like=like), int(idx.numel()))
     if schedule.batch_size == 1 and shard is None:
         i = schedule.next_row()
         return X[i : i + 1], y[i : i + 1], 1
