@@ -300,7 +300,8 @@ def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, s
     def steps_left() -> int:
         left = math.inf if stop.max_steps is None else stop.max_steps - step
         if stop.max_epochs is not None:
-            left = min(left, math.ceil((stop.max_epochs * n - 1e-9 - samples) / n))
+            # at least this many steps run before the epoch budget is spent (a step uses <= max_rows rows)
+            left = min(left, math.ceil((stop.max_epochs * n - 1e-9 - samples) / (stepper.max_rows or n)))
         return int(min(left, 2**62))
 
     model.train(train_mode)

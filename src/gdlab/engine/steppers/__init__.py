@@ -71,6 +71,7 @@ class Stepper:
 
     name = "stepper"
     max_block = 1
+    max_rows: int | None = None  # the most rows one step uses (None: all N)
     exposes_gradients = False
     full = True  # every step's gradient is over all training rows (its loss is the train loss)
     clipping = False  # whether accept() clips the gradients (then it reports each step's Clip)

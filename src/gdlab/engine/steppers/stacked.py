@@ -329,7 +329,7 @@ class StackedLane(Stepper):
         self.shared, self.k = shared, k
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.full = shared.schedules[k].is_full
-        self.max_block = shared.block
+        self.max_block, self.max_rows = shared.block, shared.schedules[k].batch_size
         self.clipping = shared.clip_norm is not None or shared.clip_value is not None
         self._count, self._accepted = 1, 0
         self._final: list[Tensor] | None = None  # where a lane that stops inside a round ends
