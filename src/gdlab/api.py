@@ -248,14 +248,13 @@ def compare(study: str | Path | dict[str, Any], *, store: str | Path | None = No
     there. ``on_progress(stored, total)`` is called as runs finish."""
     from gdlab.store import DEFAULT_STORE_PATH
     from gdlab.study.execute import run_study
-    from gdlab.study.spec import check_study_runs, load_study, parse_study
+    from gdlab.study.spec import load_study, parse_study
 
     spec = parse_study(study, source="study") if isinstance(study, dict) else load_study(study)
-    check_study_runs(spec)
     if workers is not None and workers < 1:
         raise GdlabError(f"workers must be >= 1, got {workers}")
     store_path = str(store or spec.store or DEFAULT_STORE_PATH)
-    run_study(spec, store_path, workers=workers or spec.workers, on_progress=on_progress)
+    run_study(spec, store_path, workers=workers or spec.workers, on_progress=on_progress, check=True)
     paths = summary = None
     if out is not None:
         paths, summary = report(store_path, spec.name, out)

@@ -377,10 +377,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _single_process("compare")
     from gdlab.study.execute import expected_runs, run_study
-    from gdlab.study.spec import check_study_runs, load_study
+    from gdlab.study.spec import load_study
 
     spec = load_study(args.study)
-    check_study_runs(spec)
     if args.workers is not None and args.workers < 1:
         raise GdlabError(f"--workers must be >= 1, got {args.workers}")
     store_path = args.store or spec.store or DEFAULT_STORE_PATH
@@ -388,13 +387,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     err = _console(stderr=True)
     con = _console()
     workers = args.workers or spec.workers
-    err.print(f"study '{spec.name}': {len(spec.tasks)} tasks x {len(spec.optimizers)} optimizers, "
-              f"{spec.sampler} search of {spec.trials} trials each, best lr re-run over seeds "
-              f"{list(spec.seeds)}: {expected_runs(spec)} runs, {workers} worker(s), store {store_path}")
-    with _make_study_progress(err, args.quiet) as progress:
-        task_id = progress.add_task("runs", total=expected_runs(spec))
-        run_study(spec, store_path, workers=workers,
+    progress = _make_study_progress(err, args.quiet)
+    task_id = progress.add_task("runs", total=expected_runs(spec))
+
+    def started() -> None:  # the study checked (a bad one is one line of error), its runs begin
+        err.print(f"study '{spec.name}': {len(spec.tasks)} tasks x {len(spec.optimizers)} optimizers, "
+                  f"{spec.sampler} search of {spec.trials} trials each, best lr re-run over seeds "
+                  f"{list(spec.seeds)}: {expected_runs(spec)} runs, {workers} worker(s), store {store_path}")
+        progress.start()
+
+    try:
+        run_study(spec, store_path, workers=workers, check=True, on_start=started,
                   on_progress=lambda done, total: progress.update(task_id, completed=done))
+    finally:
+        progress.stop()
     if not args.no_report:
         _write_report(store_path, spec.name, out_dir, con, tensorboard=args.tensorboard)
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 
 from gdlab.errors import WorkerDiedError
 from gdlab.store import RunStore, StoredRun
-from gdlab.study.spec import OptimizerEntry, StudySpec, TaskEntry
+from gdlab.study.spec import OptimizerEntry, StudySpec, TaskEntry, check_study_runs
 from gdlab.tune import search_learning_rate
 
 _COST_ORDER = {"stochastic": 0, "minibatch": 1, "full": 2}
@@ -123,16 +123,23 @@ def run_pair(spec: StudySpec, task_index: int, opt_index: int, store_path: str, 
     return outcome
 
 
+def _use_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = None,
-              on_progress: Callable[[int, int], None] | None = None) -> list[PairOutcome]:
+              on_progress: Callable[[int, int], None] | None = None, check: bool = False,
+              on_start: Callable[[], None] | None = None) -> list[PairOutcome]:
     """Run every pair of ``spec`` (``workers`` processes, default the study's) into the store.
+    With ``check``, :func:`gdlab.study.spec.check_study_runs` first (in the worker processes, which
+    it warms up: imports, data), before anything is written; then ``on_start()``.
     ``on_progress(stored, total)`` is called about twice a second with the number of this study's runs in the
     store. A worker that dies (e.g. killed) ends the study with WorkerDiedError; finished runs stay stored,
     and running the same study again resumes it."""
     store_path = str(store_path)
     workers = workers or spec.workers
-    with RunStore(store_path) as store:
-        store.save_study(spec.name, spec.to_dict())
     total = expected_runs(spec)
     pairs = sorted(((t, o) for t in range(len(spec.tasks)) for o in range(len(spec.optimizers))),
                    key=lambda p: (_COST_ORDER.get(spec.optimizers[p[1]].regime, 3), p))
@@ -141,7 +148,16 @@ def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = 
         with RunStore(store_path) as store:
             return len(store.run_keys(spec.name))
 
+    def start(map_tasks: Callable[..., Any] = map) -> None:
+        if check:
+            check_study_runs(spec, map_tasks)
+        with RunStore(store_path) as store:
+            store.save_study(spec.name, spec.to_dict())
+        if on_start:
+            on_start()
+
     if workers <= 1:
+        start()
         outcomes = []
         for t, o in pairs:
             outcomes.append(run_pair(spec, t, o, store_path))
@@ -157,8 +173,10 @@ def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = 
     ready = [(_COST_ORDER.get(spec.optimizers[o].regime, 3), t, o, -1) for t, o in pairs]
     heapq.heapify(ready)
     pending: dict[cf.Future, tuple[int, int, int, int]] = {}
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_use_threads,
+                                initargs=(threads,)) as pool:
         try:
+            start(pool.map)
             while ready or pending:
                 while ready and len(pending) < workers:
                     cost, t, o, seed = heapq.heappop(ready)

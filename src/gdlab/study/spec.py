@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,21 +280,29 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
                      optimizers=optimizers, store=data.get("store"), report=data.get("report"))
 
 
-def check_study_runs(spec: StudySpec) -> None:
-    """Check every (task, optimizer) pair without training, so that an unknown task, model or
-    optimizer, a bad hyper-parameter or a batch larger than the data fails before anything is
-    written: each task is fully prepared once (data, model, loss), each optimizer's rule,
-    hyper-parameters and regime are checked against every task's size. Errors name the pair."""
-    from gdlab.engine.regimes import make_schedule
-    from gdlab.optim import validate_hyperparameters
+def task_rows(spec: StudySpec, task_index: int) -> int:
+    """The training rows of task ``task_index``, fully prepared once (data, model, loss) without
+    training; a GdlabError names the task."""
     from gdlab.run import prepare
 
-    for task in spec.tasks:
-        first = spec.optimizers[0]
-        try:
-            n_train = prepare(spec.run_config(task, first, first.lr_low, spec.tuning_seed)).data.n_train
-        except GdlabError as exc:
-            raise GdlabError(f"study '{spec.name}', task '{task.name}': {exc}") from None
+    task, first = spec.tasks[task_index], spec.optimizers[0]
+    try:
+        return prepare(spec.run_config(task, first, first.lr_low, spec.tuning_seed)).data.n_train
+    except GdlabError as exc:
+        raise GdlabError(f"study '{spec.name}', task '{task.name}': {exc}") from None
+
+
+def check_study_runs(spec: StudySpec, map_tasks: Callable[..., Iterable[int]] = map) -> None:
+    """Check every (task, optimizer) pair without training, so that an unknown task, model or
+    optimizer, a bad hyper-parameter or a batch larger than the data fails before anything is
+    written: each task is prepared once (:func:`task_rows`, mapped over the tasks by ``map_tasks``:
+    a process pool's map prepares them in its workers), each optimizer's rule, hyper-parameters
+    and regime are checked against every task's size. Errors name the pair."""
+    from gdlab.engine.regimes import make_schedule
+    from gdlab.optim import validate_hyperparameters
+
+    rows = list(map_tasks(task_rows, [spec] * len(spec.tasks), range(len(spec.tasks))))
+    for task, n_train in zip(spec.tasks, rows):
         for opt in spec.optimizers:
             try:
                 config = spec.run_config(task, opt, opt.lr_low, spec.tuning_seed)
