@@ -3,6 +3,7 @@ names gives the CLI's result on the same data and seed; the gradient and sharpne
 streamed DataLoader equal one float64 autograd pass (and the tensor version); bad input is one
 GdlabError naming the fix; a study runs from Python."""
 
+import importlib
 import json
 
 import numpy as np
@@ -276,9 +277,22 @@ def test_compare_runs_a_study_from_python_and_reports(tmp_path):
     assert again.report is None
 
 
+def test_the_cli_and_a_studys_report_start_without_torch():
+    """The command line and the report load no torch (about 1.5 s): a study's main process only
+    schedules work and draws; the workers load torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gdlab.cli, gdlab.study.execute, gdlab.report.study; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_the_package_exposes_the_api():
-    for name in ("train", "full_batch_grad", "sharpness", "compare", "report", "RunConfig", "Dataset",
+    for name in ("train", "full_batch_grad", "sharpness", "compare", "write_report", "RunConfig", "Dataset",
                  "RunResult", "GdlabError"):
         assert name in dir(gdlab) and getattr(gdlab, name) is not None
+    importlib.import_module("gdlab.report.figures")  # the subpackage gdlab.report shadows no function
+    assert callable(gdlab.write_report) and callable(gdlab.compare)
     with pytest.raises(AttributeError):
         gdlab.no_such_name

@@ -7,7 +7,7 @@ modules can import it for ``__version__``):
 * :func:`full_batch_grad` and :func:`sharpness`: the exact full-batch gradient and the top
   Hessian eigenvalues, also streamed from a DataLoader; :func:`run_sharpness` of a saved run;
 * :func:`compare` a study (tasks x optimizers x learning rates x seeds) into a store and a
-  report, :func:`report` from a store;
+  report, :func:`write_report` from a store;
 * :class:`RunConfig` (every run option), :class:`Dataset`, :class:`RunResult` (a finished run),
   :class:`GdlabError` (every user mistake, one line naming the fix).
 """
@@ -25,7 +25,7 @@ _EXPORTS = {
     "sharpness": "gdlab.api",
     "run_sharpness": "gdlab.api",
     "compare": "gdlab.api",
-    "report": "gdlab.api",
+    "write_report": "gdlab.report.study",
     "Sharpness": "gdlab.api",
     "StudyOutcome": "gdlab.api",
     "RunConfig": "gdlab.config",

@@ -35,6 +35,7 @@ from gdlab.engine.objective import full_batch_loss_and_grad
 from gdlab.engine.loop import Callback
 from gdlab.errors import GdlabError
 from gdlab.optim import get_loss
+from gdlab.report.study import write_report
 from gdlab.run import RunResult, check_output_dir, run, save_run
 
 LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str
@@ -210,35 +211,6 @@ class StudyOutcome:
     summary: dict[str, Any] | None
 
 
-def report(store: str | Path, study: str, out: str | Path, *, tensorboard: str | Path | None = None
-           ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Write the report of ``study`` in ``store`` to ``out`` (report.html, summary.md, figures/);
-    returns the paths written and the summary (per task: ranking, time-to-target, profiles).
-    With ``tensorboard`` every run's history is also written there as TensorBoard event files
-    (the paths then include ``tensorboard`` and ``tensorboard_runs``)."""
-    from gdlab.report import build_report
-    from gdlab.store import RunStore
-    from gdlab.study.metrics import Target
-    from gdlab.study.summary import summarize_study
-
-    with RunStore(str(store), create=False) as run_store:
-        spec = run_store.study_spec(study)
-        if spec is None:
-            names = ", ".join(run_store.studies()) or "none"
-            raise GdlabError(f"store '{store}' holds no study '{study}' (it has: {names}); give --study NAME")
-        runs = run_store.runs(study=study)
-    if not runs:
-        raise GdlabError(f"study '{study}' has no finished runs in '{store}'; run gdlab compare first")
-    targets = {t["name"]: Target(t["target_metric"], t["target_value"]) for t in spec["tasks"]}
-    summary = summarize_study(runs, targets)
-    paths = build_report(runs, summary, str(out))
-    if tensorboard is not None:
-        from gdlab.report.tensorboard import write_tensorboard
-
-        paths.update(tensorboard=str(tensorboard), tensorboard_runs=str(write_tensorboard(runs, str(tensorboard))))
-    return paths, summary
-
-
 def compare(study: str | Path | dict[str, Any], *, store: str | Path | None = None,
             workers: int | None = None, out: str | Path | None = "report",
             on_progress: Callable[[int, int], None] | None = None) -> StudyOutcome:
@@ -257,5 +229,5 @@ def compare(study: str | Path | dict[str, Any], *, store: str | Path | None = No
     run_study(spec, store_path, workers=workers or spec.workers, on_progress=on_progress, check=True)
     paths = summary = None
     if out is not None:
-        paths, summary = report(store_path, spec.name, out)
+        paths, summary = write_report(store_path, spec.name, out)
     return StudyOutcome(name=spec.name, store=store_path, report=paths, summary=summary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,9 +21,7 @@ from rich.table import Table
 
 from gdlab import __version__
 from gdlab.config import RunConfig, flag_arguments, load_config_file
-from gdlab.engine.loop import Callback, NonFiniteError, StepInfo
-from gdlab.engine.regimes import REGIMES
-from gdlab.errors import GdlabError, WorkerDiedError
+from gdlab.errors import GdlabError, NonFiniteError, WorkerDiedError
 
 EXIT_USER_ERROR = 2
 PIPE_WIDTH = 120
@@ -146,15 +145,21 @@ def _make_progress(console: Console) -> Progress:
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
 
 
-class _Progress(Callback):
-    def __init__(self, progress: Progress, label: str, total: int | None) -> None:
-        self.progress = progress
-        self.task = progress.add_task(label, total=total, loss="-", gnorm="-", epochs="0", rate="")
+def _progress_callback(progress: Progress, label: str, total: int | None) -> Any:
+    """A training callback that moves a progress bar (the engine, and torch, load only here: the
+    CLI starts without them, and so do the study workers' parent and the report)."""
+    from gdlab.engine.loop import Callback, StepInfo
 
-    def on_step(self, info: StepInfo) -> None:
-        rate = f"{info.step / info.wall_time_s:,.0f} steps/s" if info.wall_time_s > 0 else ""
-        self.progress.update(self.task, completed=info.step, loss=f"{info.batch_loss:.4g}",
-                             gnorm=f"{info.grad_norm:.3g}", epochs=f"{info.epochs:.2f}", rate=rate)
+    class _Progress(Callback):
+        def __init__(self) -> None:
+            self.task = progress.add_task(label, total=total, loss="-", gnorm="-", epochs="0", rate="")
+
+        def on_step(self, info: StepInfo) -> None:
+            rate = f"{info.step / info.wall_time_s:,.0f} steps/s" if info.wall_time_s > 0 else ""
+            progress.update(self.task, completed=info.step, loss=f"{info.batch_loss:.4g}",
+                            gnorm=f"{info.grad_norm:.3g}", epochs=f"{info.epochs:.2f}", rate=rate)
+
+    return _Progress()
 
 
 MAX_EVENTS_SHOWN = 15
@@ -189,7 +194,7 @@ def _train(args: argparse.Namespace, config: RunConfig, auto_sharpness: bool = F
         prepared.config = config
     if not args.quiet:
         with _make_progress(err) as progress:
-            cb = _Progress(progress, f"{config.optimizer} / {config.regime}", prepared.expected_steps)
+            cb = _progress_callback(progress, f"{config.optimizer} / {config.regime}", prepared.expected_steps)
             result = run(config, callbacks=[cb], prepared=prepared, checkpoint_dir=args.out, resume=resume)
             progress.update(cb.task, total=result.final["step"], completed=result.final["step"])
     else:
@@ -353,9 +358,9 @@ def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
 
 def _write_report(store_path: str, study: str, out_dir: str, console: Console,
                   tensorboard: str | None = None) -> dict[str, Any]:
-    from gdlab.api import report
+    from gdlab.report.study import write_report
 
-    paths, summary = report(store_path, study, out_dir, tensorboard=tensorboard)
+    paths, summary = write_report(store_path, study, out_dir, tensorboard=tensorboard)
     if tensorboard:
         console.print(f"TensorBoard: {paths['tensorboard_runs']} runs under {tensorboard} "
                       f"(tensorboard --logdir {tensorboard})")
@@ -365,6 +370,8 @@ def _write_report(store_path: str, study: str, out_dir: str, console: Console,
 
 
 def _single_process(command: str) -> None:
+    if "WORLD_SIZE" not in os.environ:  # not under torchrun (and gdlab.distributed would load torch)
+        return
     from gdlab.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
@@ -450,8 +457,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         check_output_dir(args.out)
     planned = plan_demo(args.task, epochs=args.epochs, seed=args.seed, model=args.model, extra=extra)
     with _make_progress(err) as progress:
-        def callbacks_for(entry: Any, prepared: Any) -> list[Callback]:
-            return [] if args.quiet else [_Progress(progress, entry.label, prepared.expected_steps)]
+        def callbacks_for(entry: Any, prepared: Any) -> list[Any]:
+            return [] if args.quiet else [_progress_callback(progress, entry.label, prepared.expected_steps)]
 
         results = run_demo(planned, callbacks_for=callbacks_for)
     records = [(entry, res.to_record()) for entry, res in results]
@@ -472,6 +479,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from gdlab.data import list_tasks
+    from gdlab.engine.regimes import REGIMES
     from gdlab.data.presets import list_presets
     from gdlab.models import MODEL_FAMILIES
     from gdlab.optim import LOSSES, OPTIMIZERS
@@ -574,9 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return args.func(args)
         finally:
-            from gdlab.distributed import shutdown
-
-            shutdown()
+            if "gdlab.distributed" in sys.modules:  # a process group exists only if it was imported
+                sys.modules["gdlab.distributed"].shutdown()
     except GdlabError as exc:
         print(f"gdlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

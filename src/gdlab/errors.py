@@ -32,6 +32,10 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> GdlabError:
     )
 
 
+class NonFiniteError(RuntimeError):
+    """Raised by guard policy ``raise`` when the loss or gradient stops being finite."""
+
+
 class WorkerDiedError(RuntimeError):
     """A study worker process died (killed, out of memory); the stored runs are intact and the
     same study can be run again to resume. Not a user mistake: the CLI exits with status 1."""

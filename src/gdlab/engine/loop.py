@@ -47,10 +47,7 @@ from gdlab.data.dataset import Dataset
 from gdlab.distributed import Shard, agree_max
 from gdlab.engine.objective import FullBatchObjective, evaluate, gradient_norm
 from gdlab.engine.steppers import Stepper
-
-
-class NonFiniteError(RuntimeError):
-    """Raised by guard policy ``raise`` when the loss or gradient stops being finite."""
+from gdlab.errors import NonFiniteError
 
 
 @dataclass

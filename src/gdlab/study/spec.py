@@ -280,34 +280,31 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
                      optimizers=optimizers, store=data.get("store"), report=data.get("report"))
 
 
-def task_rows(spec: StudySpec, task_index: int) -> int:
-    """The training rows of task ``task_index``, fully prepared once (data, model, loss) without
-    training; a GdlabError names the task."""
+def check_task(spec: StudySpec, task_index: int) -> None:
+    """Check task ``task_index`` with every optimizer without training: the task is prepared once
+    (data, model, loss), each optimizer's rule, hyper-parameters and regime are checked against its
+    size. A GdlabError names the pair."""
+    from gdlab.engine.regimes import make_schedule
+    from gdlab.optim import validate_hyperparameters
     from gdlab.run import prepare
 
     task, first = spec.tasks[task_index], spec.optimizers[0]
     try:
-        return prepare(spec.run_config(task, first, first.lr_low, spec.tuning_seed)).data.n_train
+        n_train = prepare(spec.run_config(task, first, first.lr_low, spec.tuning_seed)).data.n_train
     except GdlabError as exc:
         raise GdlabError(f"study '{spec.name}', task '{task.name}': {exc}") from None
+    for opt in spec.optimizers:
+        try:
+            config = spec.run_config(task, opt, opt.lr_low, spec.tuning_seed)
+            validate_hyperparameters(opt.optimizer, opt.lr_low, **opt.params)
+            make_schedule(config.regime, n_train, batch_size=config.batch_size)
+        except GdlabError as exc:
+            raise GdlabError(f"study '{spec.name}', task '{task.name}', optimizer '{opt.name}': {exc}") from None
 
 
-def check_study_runs(spec: StudySpec, map_tasks: Callable[..., Iterable[int]] = map) -> None:
-    """Check every (task, optimizer) pair without training, so that an unknown task, model or
-    optimizer, a bad hyper-parameter or a batch larger than the data fails before anything is
-    written: each task is prepared once (:func:`task_rows`, mapped over the tasks by ``map_tasks``:
-    a process pool's map prepares them in its workers), each optimizer's rule, hyper-parameters
-    and regime are checked against every task's size. Errors name the pair."""
-    from gdlab.engine.regimes import make_schedule
-    from gdlab.optim import validate_hyperparameters
-
-    rows = list(map_tasks(task_rows, [spec] * len(spec.tasks), range(len(spec.tasks))))
-    for task, n_train in zip(spec.tasks, rows):
-        for opt in spec.optimizers:
-            try:
-                config = spec.run_config(task, opt, opt.lr_low, spec.tuning_seed)
-                validate_hyperparameters(opt.optimizer, opt.lr_low, **opt.params)
-                make_schedule(config.regime, n_train, batch_size=config.batch_size)
-            except GdlabError as exc:
-                raise GdlabError(f"study '{spec.name}', task '{task.name}', "
-                                 f"optimizer '{opt.name}': {exc}") from None
+def check_study_runs(spec: StudySpec, map_tasks: Callable[..., Iterable[None]] = map) -> None:
+    """Check every (task, optimizer) pair without training (:func:`check_task` for each task,
+    mapped over the tasks by ``map_tasks``: a process pool's map checks them in its workers), so
+    that an unknown task, model or optimizer, a bad hyper-parameter or a batch larger than the data
+    fails before anything is written; the first failing task, in order, raises."""
+    list(map_tasks(check_task, [spec] * len(spec.tasks), range(len(spec.tasks))))
