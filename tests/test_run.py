@@ -207,6 +207,11 @@ def test_batchnorm_eval_and_train_layer_modes_run():
         assert r.final["status"] == "completed"
     with pytest.raises(GdlabError, match="layer-mode eval"):
         prepare(cfg(task="iris", model="mlp:4-16-3:relu:bn", regime="stochastic"))
+    # full batch in chunks of 7 over 120 rows: the last chunk holds one row (BatchNorm's own error
+    # at the first step before this check: "Expected more than 1 value per channel")
+    with pytest.raises(GdlabError, match="would pass 1; use --layer-mode eval"):
+        prepare(cfg(task="iris", model="mlp:4-16-3:relu:bn", chunk_size=7))
+    assert run(cfg(task="iris", model="mlp:4-16-3:relu:bn", chunk_size=8, steps=2)).final["status"] == "completed"
 
 
 @pytest.mark.parametrize(

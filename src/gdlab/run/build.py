@@ -219,7 +219,8 @@ def prepare(config: RunConfig, model: nn.Module | None = None, data: Dataset | N
     chunk = chunk_info.size
     if config.layer_mode == "train" and any(isinstance(m, _BatchNorm) for m in built.modules()):
         rest = schedule.n % schedule.batch_size if schedule.last_batch == "keep" else 0
-        smallest = min(chunk, schedule.batch_size, rest or schedule.batch_size)
+        last_chunk = data.n_train % chunk if schedule.is_full else 0  # a full-batch pass ends on N mod chunk rows
+        smallest = min(chunk, schedule.batch_size, rest or schedule.batch_size, last_chunk or chunk)
         if smallest < 2:
             raise GdlabError(
                 f"model '{spec}' has BatchNorm, which in layer mode 'train' needs >= 2 rows per "
