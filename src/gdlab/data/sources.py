@@ -35,8 +35,8 @@ from gdlab.data.formats import cifar10, csv, idx, npy, npz
 from gdlab.data.formats.common import (
     check_split_options, check_task_type, one_line, standardize_in_place, validate_in_blocks
 )
-from gdlab.engine.chunks import loader_rows
 from gdlab.data.split import is_integer, split_train_test
+from gdlab.engine.chunks import loader_rows
 from gdlab.errors import GdlabError, did_you_mean
 
 DataObject = Any  # tensors or arrays (X, y[, X_test, y_test]), Dataset, torch Dataset or DataLoader

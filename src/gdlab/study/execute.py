@@ -174,14 +174,14 @@ def run_study(spec: StudySpec, store_path: str | Path, *, workers: int | None = 
     heapq.heapify(ready)
     pending: dict[cf.Future, tuple[int, int, int, int]] = {}
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_use_threads,
-                                initargs=(threads,)) as pool:
+                                initargs=(threads,)) as pool:  # each worker's torch threads, once
         try:
             start(pool.map)
             while ready or pending:
                 while ready and len(pending) < workers:
                     cost, t, o, seed = heapq.heappop(ready)
                     options = {"seeds": ()} if seed < 0 else {"seeds": (seed,), "lr": results[(t, o)].best_lr}
-                    pending[pool.submit(run_pair, spec, t, o, store_path, threads, **options)] = (cost, t, o, seed)
+                    pending[pool.submit(run_pair, spec, t, o, store_path, **options)] = (cost, t, o, seed)
                 done, _ = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     cost, t, o, seed = pending.pop(fut)

@@ -43,6 +43,7 @@ class EagerStepper(Stepper):
         self.params = list(objective.params)
         self.full = schedule.is_full
         self.shard = shard
+        self.n = objective.rows  # N over all ranks, once (for a DataLoader it checks the loader)
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.clipping = clip_norm is not None or clip_value is not None
         self.line_search = isinstance(optimizer, ArmijoLineSearch)
@@ -53,7 +54,7 @@ class EagerStepper(Stepper):
     def run(self, step: int, count: int) -> Block:
         t0 = time.perf_counter()
         o = self.objective
-        Xb, yb, rows = _next_batch(self.schedule, o.X, o.y, o.rows, self.shard, self.params[0])
+        Xb, yb, rows = _next_batch(self.schedule, o.X, o.y, self.n, self.shard, self.params[0])
         res = full_batch_loss_and_grad(
             self.model, o.loss_fn, Xb, yb, chunk_size=o.chunk_size, regularizer=o.regularizer, params=self.params,
             total_rows=rows, reduce=o.reduce, autocast=o.autocast, accumulate=o.accumulate)
