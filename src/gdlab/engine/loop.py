@@ -46,7 +46,7 @@ from torch import nn
 from gdlab.data.dataset import Dataset
 from gdlab.distributed import Shard, agree_max
 from gdlab.engine.objective import FullBatchObjective, evaluate, gradient_norm
-from gdlab.engine.steppers import Stepper
+from gdlab.engine.steppers import Block, Stepper
 from gdlab.errors import NonFiniteError
 
 
@@ -187,6 +187,18 @@ def guard_problem(loss: float, gnorm: float, lr: float, first_loss: float | None
         return "loss_exploding", (f"loss {loss:.4g} exceeds {divergence_factor:g} x the initial loss "
                                   f"{first_loss:.4g} at lr={lr:g}")
     return None
+
+
+def clean(blk: Block, first_loss: float | None, stop: StopRules, full: bool) -> bool:
+    """Whether no step of ``blk`` trips the guard (:func:`guard_problem`) or a tolerance rule:
+    the common case, told by a few builtins over the block instead of a loop over its steps."""
+    losses, gnorms = blk.losses, blk.grad_norms
+    if first_loss is None or not (all(map(math.isfinite, losses)) and all(map(math.isfinite, gnorms))):
+        return False
+    if max(losses) > stop.divergence_factor * max(abs(first_loss), 1e-12):
+        return False
+    return not full or ((stop.loss_tol is None or min(losses) > stop.loss_tol)
+                        and (stop.grad_tol is None or min(gnorms) > stop.grad_tol))
 
 
 def train_loop(stepper: Stepper, objective: FullBatchObjective, data: Dataset, stop: StopRules,
@@ -337,7 +349,7 @@ def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, s
 
             # the first step at which the run must change course: the guard or a tolerance rule
             j, problem, stopping = count, None, None
-            for i in range(count):
+            for i in range(0 if clean(blk, first_loss, stop, full) else count):
                 loss, gnorm = blk.losses[i], blk.grad_norms[i]
                 problem = guard_problem(loss, gnorm, blk.lrs[i], first_loss, stop.divergence_factor)
                 if problem is not None:
@@ -358,10 +370,11 @@ def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, s
                     cb.on_gradient(ctx)
                 model.train(train_mode)
             clips, accept_s = stepper.accept(j, step)
+            if len(clips) != j:
+                raise RuntimeError(f"{type(stepper).__name__}.accept({j}) reported {len(clips)} steps")
             share = (blk.seconds + accept_s) / count
-            for i in range(j):
-                s, loss, gnorm, lr = start + i, blk.losses[i], blk.grad_norms[i], blk.lrs[i]
-                clip = clips[i]
+            for i, loss, gnorm, lr, rows, clip in zip(range(j), blk.losses, blk.grad_norms, blk.lrs, blk.rows, clips):
+                s = start + i
                 if clip is not None and clip.clipped:
                     if not clip_factors:
                         events.append(clip_event(s, clip.before, clip.after))
@@ -377,7 +390,7 @@ def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, s
                     if clip is not None:
                         record["clip_factor"] = clip.factor
                     log(record)
-                step, samples, train_time = s + 1, samples + blk.rows[i], time_before + share * (i + 1)
+                step, samples, train_time = s + 1, samples + rows, time_before + share * (i + 1)
                 if callbacks:
                     info = StepInfo(step, samples / n, train_time, loss, gnorm, lr)
                     for cb in callbacks:

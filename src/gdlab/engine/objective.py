@@ -64,7 +64,18 @@ def chunk_terms(forward: Callable[[Tensor], Tensor], loss_fn: LossFn, rows: Rows
         with autocast_to(Xc.device, autocast):
             out = forward(Xc)
             loss = loss_fn(out, yc)
-        yield loss * (Xc.shape[rows.dim] / n), out, yc
+        rows_c = Xc.shape[rows.dim]
+        yield (loss if rows_c == n else loss * (rows_c / n)), out, yc  # a weight of 1 is exact
+
+
+def summed(terms: Iterator[tuple[Tensor, Tensor, Tensor]], regularizer: Tensor | float = 0.0) -> Tensor:
+    """The objective from :func:`chunk_terms`: the weighted chunk losses summed, plus the
+    ``regularizer`` (no tensor operation for a sum of one chunk or a regulariser of 0.0)."""
+    losses = [loss for loss, _, _ in terms]
+    total = losses[0]
+    for loss in losses[1:]:
+        total = total + loss
+    return total if isinstance(regularizer, float) and regularizer == 0.0 else total + regularizer
 
 
 def correct(out: Tensor, y: Tensor) -> Tensor:
@@ -266,7 +277,7 @@ def evaluate(model: nn.Module, loss_fn: LossFn, X: Data, y: Tensor | None = None
 
 def gradient_norm(params: Sequence[Tensor]) -> float:
     """Euclidean norm of the concatenated gradients of ``params`` (missing grads count as 0)."""
-    grads = [p.grad.detach() for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     # one fused norm per tensor in float64, combined in Python: a small model's step is mostly
@@ -357,13 +368,15 @@ class FunctionalObjective:
 
     def data_loss(self, params: Sequence[Tensor], X: Tensor, y: Tensor) -> Tensor:
         """(1/N) sum_i l_i over all N rows of X, chunk by chunk."""
+        return summed(self._terms(params, X, y))
+
+    def _terms(self, params: Sequence[Tensor], X: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         state = {**self.fixed, **dict(zip(self.names, params))}
-        terms = chunk_terms(lambda Xc: functional_call(self.model, state, (Xc,)), self.loss_fn,
-                            tensor_rows(X, y, self.chunk_size))
-        return sum(loss for loss, _, _ in terms)
+        return chunk_terms(lambda Xc: functional_call(self.model, state, (Xc,)), self.loss_fn,
+                           tensor_rows(X, y, self.chunk_size))
 
     def __call__(self, params: Sequence[Tensor], X: Tensor, y: Tensor) -> Tensor:
-        return self.data_loss(params, X, y) + self.regularizer(params)
+        return summed(self._terms(params, X, y), self.regularizer(params))
 
     def load_into_model(self, params: Sequence[Tensor]) -> None:
         """Copy ``params`` into the model's trainable parameters."""

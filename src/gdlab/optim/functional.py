@@ -81,7 +81,7 @@ def _sgd(h: dict[str, Any]) -> FunctionalRule:
             # torch starts the buffer at the first gradient (no dampening on that step)
             bufs = [torch.where(first, g, b * momentum + g * (1 - dampening)) for b, g in zip(bufs, grads)]
             grads = [g + momentum * b for g, b in zip(grads, bufs)] if nesterov else bufs
-        new = [p - _per_param(lr, p) * g for p, g in zip(params, grads)]
+        new = [torch.addcmul(p, _per_param(lr, p), g, value=-1) for p, g in zip(params, grads)]  # p - lr * g, one op
         return new, {"step": state["step"] + 1, "buf": bufs}
 
     return FunctionalRule("sgd", h, init, update)
@@ -201,7 +201,7 @@ def clip_functional(grads: Params, max_norm: float | None, max_value: float | No
 def global_norm(tensors: Sequence[Tensor], copies: bool = False) -> Tensor:
     """The Euclidean norm of all ``tensors`` together, in float64 (0-dim); with ``copies``, of
     each stacked copy (the tensors' leading dimension), (K,)."""
-    if copies:
-        return torch.stack([torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float64)
-                            for t in tensors]).norm(dim=0)
+    if copies:  # all of a copy's entries in one row: one norm over (K, total size)
+        return torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in tensors], dim=1), dim=1,
+                                        dtype=torch.float64)
     return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).norm()

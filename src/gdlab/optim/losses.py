@@ -3,7 +3,8 @@
 Every loss function takes the model output ``out`` (N, K) and the targets ``y`` and returns the
 mean over the N samples of the per-sample loss, a 0-dim tensor, so that the engine can weight
 chunk means by ``chunk_size / N`` and obtain the exact full-batch mean; with ``reduction="none"``
-it returns the N per-sample losses (stacked copies take each copy's mean of them).
+it returns the N per-sample losses. With ``copies`` the output holds K stacked copies' outputs
+and the result is each copy's loss (see :func:`mse`).
 """
 
 from __future__ import annotations
@@ -18,43 +19,60 @@ from gdlab.errors import GdlabError, unknown_name
 LossFn = Callable[..., torch.Tensor]  # (out, y) -> mean loss
 
 
-def mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: bool = False) -> torch.Tensor:
     """Mean over samples of ``0.5 * ||out_i - y_i||^2`` (summed over the outputs).
 
     out: (N, K) (or (N, ...), every non-batch dimension is summed); y: same shape as out, or
     (N,) when K == 1. This is the ``J = 1/(2m) sum (h - y)^2`` convention, not
     ``torch.nn.MSELoss`` (a mean over all N*K elements without the 1/2):
     ``mse = 0.5 * K * MSELoss``.
+
+    ``copies`` (every loss here takes it): out's second dimension holds stacked copies (out[:, k]
+    is copy k's output), y is (N, 1, ...) shared by the copies or (N, copies, ...) one per copy,
+    and the result is each copy's mean loss, (copies,) (``reduction="none"``: (N, copies)).
     """
-    if y.dim() == 1 and out.dim() == 2 and out.shape[1] == 1:
-        y = y.unsqueeze(1)
-    if out.shape != y.shape:
+    lead = 2 if copies else 1  # the sample dimensions
+    if y.dim() == lead and out.dim() == lead + 1 and out.shape[-1] == 1:
+        y = y.unsqueeze(-1)
+    if out.shape[lead:] != y.shape[lead:] or y.shape[0] != out.shape[0]:
         raise GdlabError(f"mse loss: model output has shape {tuple(out.shape)} but targets have shape "
                          f"{tuple(y.shape)}; the model's output size must equal the target dimension")
     diff = out - y.to(out.dtype)
-    per_sample = 0.5 * diff.square().reshape(diff.shape[0], -1).sum(dim=1)
-    return per_sample.mean() if reduction == "mean" else per_sample
+    per_sample = 0.5 * diff.square().flatten(lead).sum(dim=-1)
+    if reduction != "mean":
+        return per_sample
+    return per_sample.mean(dim=0) if copies else per_sample.mean()
 
 
-def cross_entropy(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def cross_entropy(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: bool = False) -> torch.Tensor:
     """Mean over samples of the softmax cross-entropy.
 
-    out: (N, C) logits; y: (N,) integer class labels in [0, C).
+    out: (N, C) logits; y: (N,) integer class labels in [0, C). ``copies``: out (N, K, C), y
+    (N, 1) or (N, K) for K copies, as in :func:`mse`.
     """
-    if y.dim() == 2 and y.shape[1] == 1:
-        y = y.reshape(-1)
+    if y.dim() == (3 if copies else 2) and y.shape[-1] == 1:
+        y = y[..., 0]
+    if copies:  # torch's (N, C, d) layout: the copies are an extra dimension of each sample
+        per_sample = F.cross_entropy(out.transpose(1, 2), y.long().expand(out.shape[:2]), reduction="none")
+        return per_sample.mean(dim=0) if reduction == "mean" else per_sample
     return F.cross_entropy(out, y.long(), reduction=reduction)
 
 
-def bce(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def bce(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: bool = False) -> torch.Tensor:
     """Mean over samples of the binary cross-entropy on logits.
 
-    out: (N, 1) or (N,) logits; y: (N,) labels in {0, 1}, integer or floating point.
+    out: (N, 1) or (N,) logits; y: (N,) labels in {0, 1}, integer or floating point. ``copies``:
+    out (N, K, 1), y (N, 1) or (N, K) for K copies, as in :func:`mse`.
     """
-    logits = out.reshape(out.shape[0], -1)
-    if logits.shape[1] != 1:
+    lead = out.shape[:2] if copies else out.shape[:1]
+    logits = out.reshape(*lead, -1)
+    if logits.shape[-1] != 1:
         raise GdlabError(f"bce loss needs one output per sample, got model output {tuple(out.shape)}; "
                          "use cross_entropy for more than two classes")
+    if copies:
+        target = y.reshape(y.shape[0], -1).to(out.dtype).expand(lead)
+        per_sample = F.binary_cross_entropy_with_logits(logits[..., 0], target, reduction="none")
+        return per_sample.mean(dim=0) if reduction == "mean" else per_sample
     return F.binary_cross_entropy_with_logits(logits.reshape(-1), y.reshape(-1).to(out.dtype), reduction=reduction)
 
 

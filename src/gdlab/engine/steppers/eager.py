@@ -134,6 +134,7 @@ class _Snapshot:
     def __init__(self, with_optimizer: bool, params: Sequence[torch.Tensor]) -> None:
         self.with_optimizer = with_optimizer
         self.params = list(params)
+        self.sources = [p.detach() for p in self.params]  # the same storage: copies record no graph
         self.step = -1
         self.only_params: bool | None = None
         self.param_copies: list[torch.Tensor] | None = None
@@ -158,12 +159,11 @@ class _Snapshot:
             self.scheduler_state = _copy_state(scheduler.state_dict()) if scheduler is not None else None
         self.step = step
 
-    @torch.no_grad()
     def _save_params(self) -> None:
         if self.param_copies is None:
-            self.param_copies = [p.detach().clone() for p in self.params]
+            self.param_copies = [p.clone() for p in self.sources]
         else:
-            torch._foreach_copy_(self.param_copies, self.params)
+            torch._foreach_copy_(self.param_copies, self.sources)
 
     def _save_state(self, model: nn.Module) -> None:
         state = model.state_dict()
@@ -204,9 +204,8 @@ class _OptimizerState:
         return (kind.state_dict is torch.optim.Optimizer.state_dict
                 and kind.load_state_dict is torch.optim.Optimizer.load_state_dict)
 
-    @torch.no_grad()
-    def save(self, optimizer: torch.optim.Optimizer) -> None:
-        self.groups = [{k: _copy_state(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    def save(self, optimizer: torch.optim.Optimizer) -> None:  # state tensors need no grad mode: they have no graph
+        self.groups = [_copy_group(g) for g in optimizer.param_groups]
         self.state = {p: self.state.get(p, {}) for p in optimizer.state}
         _copy_entries(self.state, optimizer.state)
 
@@ -237,6 +236,17 @@ def _copy_entries(target: dict[Any, dict[str, Any]], source: dict[Any, dict[str,
                 mine[key] = _copy_state(value)
     if into:
         torch._foreach_copy_(into, values)
+
+
+def _copy_group(group: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a param group's hyperparameters (``params`` left out): a shallow copy, with
+    anything mutable in it (a tensor lr, a list) copied by :func:`_copy_state`."""
+    saved = dict(group)
+    del saved["params"]
+    for key, value in saved.items():
+        if not isinstance(value, _IMMUTABLE):
+            saved[key] = _copy_state(value)
+    return saved
 
 
 def _state_is_params(model: nn.Module, params: Sequence[torch.Tensor]) -> bool:

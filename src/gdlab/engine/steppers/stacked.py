@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from gdlab.engine.chunks import tensor_rows
-from gdlab.engine.objective import chunk_terms, correct
+from gdlab.engine.objective import chunk_terms, correct, summed
 from gdlab.engine.regimes import SampleSchedule
 from gdlab.engine.steppers import Block, Clip, Stepper
 from gdlab.models.spec import RECURRENT_FAMILIES
@@ -165,11 +165,8 @@ class StackedForward:
 def per_copy_loss(loss_fn: LossFn, out: Tensor, y: Tensor, per_copy: bool = False) -> Tensor:
     """The mean loss of each copy, (K,), for batch-major stacked outputs ``out`` (B, K, C) and
     targets ``y``, (B, ...) shared by the copies or (K, B, ...) one per copy (``per_copy``): the
-    per-sample losses of ``loss_fn`` (a loss of :mod:`gdlab.optim.losses`) over the B*K rows."""
-    B, K = out.shape[0], out.shape[1]
-    y = y.transpose(0, 1) if per_copy else y.unsqueeze(1).expand(B, K, *y.shape[1:])  # (B, K, ...)
-    rows = loss_fn(out.reshape(B * K, *out.shape[2:]), y.reshape(B * K, *y.shape[2:]), reduction="none")
-    return rows.view(B, K).mean(dim=0)
+    loss's own ``copies`` layout (:mod:`gdlab.optim.losses`), which broadcasts shared targets."""
+    return loss_fn(out, y.transpose(0, 1) if per_copy else y.unsqueeze(1), copies=True)
 
 
 @dataclass
@@ -193,7 +190,7 @@ class StackedObjective:
                            tensor_rows(X, y, self.chunk_size, dim=1 if per_copy else 0))
 
     def __call__(self, params: Sequence[Tensor], X: Tensor, y: Tensor, per_copy: bool = False) -> Tensor:
-        return sum(loss for loss, _, _ in self._terms(params, X, y, per_copy)) + self.regularizer(params)
+        return summed(self._terms(params, X, y, per_copy), self.regularizer(params))
 
     @torch.no_grad()
     def evaluate(self, params: Sequence[Tensor], X: Tensor, y: Tensor, classification: bool
@@ -219,7 +216,7 @@ def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list
     (K,) or None)."""
     leaves = [p.detach().requires_grad_(True) for p in params]
     losses = objective(leaves, X, y, per_copy)
-    grads = list(torch.autograd.grad(losses.sum(), leaves))
+    grads = list(torch.autograd.grad(losses, leaves, torch.ones_like(losses)))  # d(sum of L_k): each copy's own
     gnorms = global_norm(grads, copies=True)
     factors = None
     with torch.no_grad():
@@ -266,24 +263,35 @@ class StackedSteps:
         stacked_idx = torch.stack([s.next_indices() for s in self.schedules]).to(X.device)
         return X[stacked_idx], y[stacked_idx], True, int(stacked_idx.shape[1])
 
-    def step(self, count: int = 1) -> tuple[list[tuple[list[float], list[float], list[float], Any, int]], float]:
-        """This round's ``count`` steps of every copy: per step (losses, grad norms, lrs, clip factors
-        or None, rows), each list over the K copies, and the seconds they took."""
+    def step(self, count: int = 1) -> tuple[list[list[float]], list[list[float]], list[list[float]],
+                                            list[list[float]] | None, list[int], float]:
+        """This round's ``count`` steps of every copy: per copy (each a list over the ``count``
+        steps) the losses, grad norms, lrs and clip factors (None without clipping), then the
+        rows of each step and the seconds the block took."""
         if self._pending is None:
             t0 = time.perf_counter()
-            params, state, trail, results = self.current, self.state, [], []
+            params, state, trail, rows = self.current, self.state, [], []
+            losses, gnorms, factors = [], [], []
             for i in range(count):
-                Xb, yb, per_copy, rows = self._batch()
-                lrs = self.lrs(self.round + i)
-                params, state, losses, gnorms, factors = stacked_step(
-                    self.objective, self.rule, params, state, lrs, Xb, yb, per_copy, self.clip_norm, self.clip_value)
+                Xb, yb, per_copy, n_rows = self._batch()
+                params, state, loss, gnorm, factor = stacked_step(
+                    self.objective, self.rule, params, state, self.lrs(self.round + i), Xb, yb, per_copy,
+                    self.clip_norm, self.clip_value)
                 trail.append(params)
-                results.append((losses.double().tolist(), gnorms.tolist(), lrs.tolist(),
-                                None if factors is None else factors.tolist(), rows))
-            self._pending = (state, trail, results, time.perf_counter() - t0)
-        if len(self._pending[2]) != count:
-            raise RuntimeError(f"stacked lanes out of step: {count} steps asked, {len(self._pending[2])} computed")
-        return self._pending[2], self._pending[3]
+                rows.append(n_rows)
+                losses.append(loss)
+                gnorms.append(gnorm)
+                factors.append(factor)
+            last = self.lr_table.shape[0] - 1
+            lr_rows = self.lr_table[[min(self.round + i, last) for i in range(count)]]
+            # one conversion per block, not per step: (count, K) -> K lists of count
+            per_copy = [torch.stack(losses).double().T.tolist(), torch.stack(gnorms).T.tolist(), lr_rows.T.tolist(),
+                        None if factors[0] is None else torch.stack(factors).T.tolist()]
+            self._pending = (state, trail, (*per_copy, rows), time.perf_counter() - t0)
+        state, trail, results, seconds = self._pending
+        if len(trail) != count:
+            raise RuntimeError(f"stacked lanes out of step: {count} steps asked, {len(trail)} computed")
+        return (*results, seconds)
 
     def params_at(self, offset: int) -> list[Tensor] | None:
         """The copies' parameters ``offset`` steps into this round (-1: one step before it, None
@@ -335,20 +343,19 @@ class StackedLane(Stepper):
         self._final: list[Tensor] | None = None  # where a lane that stops inside a round ends
 
     def run(self, step: int, count: int) -> Block:
-        steps, seconds = self.shared.step(count)
+        losses, gnorms, lrs, _, rows, seconds = self.shared.step(count)
         k = self.k
         self._count = count
-        return Block([s[0][k] for s in steps], [s[1][k] for s in steps], [s[2][k] for s in steps],
-                     [s[4] for s in steps], seconds / len(steps[0][0]))
+        return Block(losses[k], gnorms[k], lrs[k], rows, seconds / len(losses))
 
     def accept(self, k: int, step: int) -> tuple[list[Clip | None], float]:
         self._accepted = k
         if k < self._count:  # the lane stops in this round (a tolerance rule or the guard)
             self._final = self.shared.params_at(k)
-        if k == 0:
-            return [], 0.0
-        steps, _ = self.shared.step(self._count)
-        return [Clip.scaled(s[3][self.k], s[1][self.k]) if self.clipping else None for s in steps[:k]], 0.0
+        if k == 0 or not self.clipping:
+            return [None] * k, 0.0
+        _, gnorms, _, factors, _, _ = self.shared.step(self._count)
+        return [Clip.scaled(f, g) for f, g in zip(factors[self.k][:k], gnorms[self.k][:k])], 0.0
 
     def back(self) -> int | None:
         self._final = self.shared.params_at(self._accepted - 1)
