@@ -34,7 +34,9 @@ gradients and losses are summed, so that float32 chunks can be summed in float64
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -71,10 +73,7 @@ def chunk_terms(forward: Callable[[Tensor], Tensor], loss_fn: LossFn, rows: Rows
 def summed(terms: Iterator[tuple[Tensor, Tensor, Tensor]], regularizer: Tensor | float = 0.0) -> Tensor:
     """The objective from :func:`chunk_terms`: the weighted chunk losses summed, plus the
     ``regularizer`` (no tensor operation for a sum of one chunk or a regulariser of 0.0)."""
-    losses = [loss for loss, _, _ in terms]
-    total = losses[0]
-    for loss in losses[1:]:
-        total = total + loss
+    total = functools.reduce(operator.add, (loss for loss, _, _ in terms))
     return total if isinstance(regularizer, float) and regularizer == 0.0 else total + regularizer
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from numbers import Real
 
@@ -71,10 +73,10 @@ def penalty(weights: Sequence[torch.Tensor], l1: float, l2: float, copies: bool 
     def total_of(t: torch.Tensor) -> torch.Tensor:
         return t.flatten(1).sum(dim=1) if copies else t.sum()
 
-    total: torch.Tensor | float = 0.0
+    terms = []
     for w in weights:
         if l1:
-            total = total + l1 * total_of(w.abs())
+            terms.append(l1 * total_of(w.abs()))
         if l2:
-            total = total + (0.5 * l2) * total_of(w.square())
-    return total
+            terms.append((0.5 * l2) * total_of(w.square()))
+    return functools.reduce(operator.add, terms) if terms else 0.0  # no 0.0 + tensor: one op fewer
