@@ -195,8 +195,8 @@ def clean(blk: Block, first_loss: float | None, stop: StopRules, full: bool) -> 
     losses, gnorms = blk.losses, blk.grad_norms
     if first_loss is None or not (all(map(math.isfinite, losses)) and all(map(math.isfinite, gnorms))):
         return False
-    if max(losses) > stop.divergence_factor * max(abs(first_loss), 1e-12):
-        return False
+    if guard_problem(max(losses), max(gnorms), blk.lrs[0], first_loss, stop.divergence_factor) is not None:
+        return False  # the worst loss of the block diverges
     return not full or ((stop.loss_tol is None or min(losses) > stop.loss_tol)
                         and (stop.grad_tol is None or min(gnorms) > stop.grad_tol))
 

@@ -205,7 +205,9 @@ class _OptimizerState:
                 and kind.load_state_dict is torch.optim.Optimizer.load_state_dict)
 
     def save(self, optimizer: torch.optim.Optimizer) -> None:  # state tensors need no grad mode: they have no graph
-        self.groups = [_copy_group(g) for g in optimizer.param_groups]
+        # immutable hyperparameters are shared as they are (most of a group), the rest copied
+        self.groups = [{k: v if isinstance(v, _IMMUTABLE) else _copy_state(v) for k, v in g.items() if k != "params"}
+                       for g in optimizer.param_groups]
         self.state = {p: self.state.get(p, {}) for p in optimizer.state}
         _copy_entries(self.state, optimizer.state)
 
@@ -236,17 +238,6 @@ def _copy_entries(target: dict[Any, dict[str, Any]], source: dict[Any, dict[str,
                 mine[key] = _copy_state(value)
     if into:
         torch._foreach_copy_(into, values)
-
-
-def _copy_group(group: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a param group's hyperparameters (``params`` left out): a shallow copy, with
-    anything mutable in it (a tensor lr, a list) copied by :func:`_copy_state`."""
-    saved = dict(group)
-    del saved["params"]
-    for key, value in saved.items():
-        if not isinstance(value, _IMMUTABLE):
-            saved[key] = _copy_state(value)
-    return saved
 
 
 def _state_is_params(model: nn.Module, params: Sequence[torch.Tensor]) -> bool:

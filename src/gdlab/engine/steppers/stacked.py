@@ -83,8 +83,8 @@ class StackedForward:
     Layers are batched matrix products over the copies, except a single-layer model (linear,
     logistic) with a shared X: there the K copies are one (B, in) x (in, out*K) GEMM (a (B, K, out)
     view of its (B, out, K) result, the layout the cross-entropy of the copies reads without a
-    copy: 13% off a 32-copy breast_cancer step), because batched products of small matrices cost up to 20x a GEMM of the
-    same size on some CPUs (645 us against 31 us for 32 copies of the breast_cancer logistic
+    copy: 13% off a 32-copy breast_cancer step), because batched products of small matrices cost
+    up to 20x a GEMM of the same size on some CPUs (645 us against 31 us for 32 copies of the breast_cancer logistic
     regression on an AMD EPYC). In an MLP the same GEMM for the first layer measured 15% slower
     (digits 64-128-10): its (B, K, hidden) output must be copied to (K, B, hidden) for the next
     layer's batched product. A recurrent layer is its cell's formulas step by step over time,
@@ -277,20 +277,20 @@ class StackedSteps:
         rows of each step and the seconds the block took."""
         if self._pending is None:
             t0 = time.perf_counter()
+            last = self.lr_table.shape[0] - 1
+            lr_rows = self.lr_table[[min(self.round + i, last) for i in range(count)]]  # (count, K)
             params, state, trail, rows = self.current, self.state, [], []
             losses, gnorms, factors = [], [], []
             for i in range(count):
                 Xb, yb, per_copy, n_rows = self._batch()
                 params, state, loss, gnorm, factor = stacked_step(
-                    self.objective, self.rule, params, state, self.lrs(self.round + i), Xb, yb, per_copy,
+                    self.objective, self.rule, params, state, lr_rows[i], Xb, yb, per_copy,
                     self.clip_norm, self.clip_value)
                 trail.append(params)
                 rows.append(n_rows)
                 losses.append(loss)
                 gnorms.append(gnorm)
                 factors.append(factor)
-            last = self.lr_table.shape[0] - 1
-            lr_rows = self.lr_table[[min(self.round + i, last) for i in range(count)]]
             # one conversion per block, not per step: (count, K) -> K lists of count
             per_copy = [torch.stack(losses).double().T.tolist(), torch.stack(gnorms).T.tolist(), lr_rows.T.tolist(),
                         None if factors[0] is None else torch.stack(factors).T.tolist()]
