@@ -71,17 +71,13 @@ def train(model: nn.Module | str | None = None, data: DataObject | str | Path = 
     before any step.
     """
     fields, in_memory = _split_source(data)
-    if in_memory is not None:
-        dataset = as_dataset(in_memory, test=test, task_type=task_type)
+    dataset = None if in_memory is None else as_dataset(in_memory, test=test, task_type=task_type)
+    if dataset is not None:
         fields["task"] = dataset.name
     elif test is not None or task_type is not None:
         raise GdlabError("test and task_type apply to in-memory data; a task or file defines its own")
-    else:
-        dataset = None
-    module = None
-    if isinstance(model, nn.Module):
-        module = model
-    elif model is not None:
+    module = model if isinstance(model, nn.Module) else None
+    if model is not None and module is None:
         fields["model"] = model
     for name in options:
         if name in OPTION_ALIASES:

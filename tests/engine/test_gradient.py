@@ -208,3 +208,18 @@ def test_gradient_norm_is_the_norm_of_the_concatenated_gradient():
     full_batch_loss_and_grad(model, loss, X, y)
     flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert gradient_norm(list(model.parameters())) == pytest.approx(float(flat.norm()), rel=1e-12)
+
+
+def test_stacked_correct_counts_equal_argmax_per_copy_ties_included():
+    """correct() over K stacked copies' logits (a strided (B, K, C) view, as the stacked forward
+    returns them) counts per copy what argmax over each copy's own (B, C) logits counts, ties
+    (first maximum wins) included."""
+    from gdlab.engine.objective import correct
+
+    g = torch.Generator().manual_seed(0)
+    for C in (2, 3, 10):
+        logits = torch.randint(0, 3, (50, C, 8), generator=g).double()  # small integers: many ties
+        out, y = logits.transpose(1, 2), torch.randint(0, C, (50,), generator=g)
+        expected = [int((out[:, k].argmax(-1) == y).sum()) for k in range(8)]
+        assert correct(out, y).tolist() == expected
+        assert int(correct(out[:, 0].contiguous(), y)) == expected[0]

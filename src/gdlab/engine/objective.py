@@ -83,7 +83,8 @@ def correct(out: Tensor, y: Tensor) -> Tensor:
     logit > 0 (class 1) for one output."""
     if out.dim() == 1:
         out = out.unsqueeze(-1)
-    pred = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.argmax(dim=-1)
+    # max().indices (the first maximum, like argmax) is 10-40x faster than argmax over stacked copies' strided logits
+    pred = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.argmax(-1) if out.dim() == 2 else out.max(-1).indices
     return (pred == y.reshape(pred.shape[0], *[1] * (pred.dim() - 1)).long()).sum(dim=0)
 
 
@@ -104,9 +105,7 @@ class GradientResult:
 
 def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def accumulation_dtype(p: Tensor, accumulate: torch.dtype | None = None) -> torch.dtype:
@@ -200,9 +199,7 @@ def full_batch_loss_and_grad(model: nn.Module, loss_fn: LossFn, X: Data, y: Tens
             num_chunks += 1
 
     if reduce is not None:
-        grads = buffers if buffers is not None else [
-            p.grad if p.grad is not None else _zero_grad(p) for p in params
-        ]
+        grads = buffers if buffers is not None else [p.grad if p.grad is not None else _zero_grad(p) for p in params]
         reduce([*grads, data_loss])
 
     reg_loss = 0.0
@@ -221,9 +218,7 @@ def full_batch_loss_and_grad(model: nn.Module, loss_fn: LossFn, X: Data, y: Tens
             p.grad = torch.zeros_like(p)
 
     data = float(data_loss)
-    return GradientResult(
-        loss=data + reg_loss, data_loss=data, reg_loss=reg_loss, num_samples=n, num_chunks=num_chunks
-    )
+    return GradientResult(data + reg_loss, data, reg_loss, num_samples=n, num_chunks=num_chunks)
 
 
 @torch.no_grad()
@@ -320,11 +315,9 @@ class FullBatchObjective:
 
     def loss_and_grad(self) -> GradientResult:
         """L(theta) and its gradient (left in ``p.grad``)."""
-        return full_batch_loss_and_grad(
-            self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
-            regularizer=self.regularizer, params=self.params, total_rows=self.total_rows,
-            reduce=self.reduce, autocast=self.autocast, accumulate=self.accumulate,
-        )
+        return full_batch_loss_and_grad(self.model, self.loss_fn, self.X, self.y, chunk_size=self.chunk_size,
+                                        regularizer=self.regularizer, params=self.params, total_rows=self.total_rows,
+                                        reduce=self.reduce, autocast=self.autocast, accumulate=self.accumulate)
 
 
 def batch_dependent_layers(model: nn.Module) -> list[str]:

@@ -22,14 +22,11 @@ LossFn = Callable[..., torch.Tensor]  # (out, y) -> mean loss
 def mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: bool = False) -> torch.Tensor:
     """Mean over samples of ``0.5 * ||out_i - y_i||^2`` (summed over the outputs).
 
-    out: (N, K) (or (N, ...), every non-batch dimension is summed); y: same shape as out, or
-    (N,) when K == 1. This is the ``J = 1/(2m) sum (h - y)^2`` convention, not
-    ``torch.nn.MSELoss`` (a mean over all N*K elements without the 1/2):
-    ``mse = 0.5 * K * MSELoss``.
-
-    ``copies`` (every loss here takes it): out's second dimension holds stacked copies (out[:, k]
-    is copy k's output), y is (N, 1, ...) shared by the copies or (N, copies, ...) one per copy,
-    and the result is each copy's mean loss, (copies,) (``reduction="none"``: (N, copies)).
+    out: (N, K) (or (N, ...), every non-batch dimension is summed); y: same shape, or (N,) when
+    K == 1. The ``J = 1/(2m) sum (h - y)^2`` convention, not ``torch.nn.MSELoss`` (a mean over all
+    N*K elements without the 1/2): ``mse = 0.5 * K * MSELoss``. ``copies`` (every loss here takes
+    it): out[:, k] is stacked copy k's output, y is (N, 1, ...) shared or (N, copies, ...) one per
+    copy, and the result is each copy's mean loss, (copies,) (``reduction="none"``: (N, copies)).
     """
     lead = 2 if copies else 1  # the sample dimensions
     if y.dim() == lead and out.dim() == lead + 1 and out.shape[-1] == 1:
@@ -39,17 +36,12 @@ def mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: boo
                          f"{tuple(y.shape)}; the model's output size must equal the target dimension")
     diff = out - y.to(out.dtype)
     per_sample = 0.5 * diff.square().flatten(lead).sum(dim=-1)
-    if reduction != "mean":
-        return per_sample
-    return per_sample.mean(dim=0) if copies else per_sample.mean()
+    return per_sample if reduction != "mean" else per_sample.mean(dim=0) if copies else per_sample.mean()
 
 
 def cross_entropy(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: bool = False) -> torch.Tensor:
-    """Mean over samples of the softmax cross-entropy.
-
-    out: (N, C) logits; y: (N,) integer class labels in [0, C). ``copies``: out (N, K, C), y
-    (N, 1) or (N, K) for K copies, as in :func:`mse`.
-    """
+    """Mean over samples of the softmax cross-entropy. out: (N, C) logits; y: (N,) integer class
+    labels in [0, C). ``copies``: out (N, K, C), y (N, 1) or (N, K) for K copies, as in :func:`mse`."""
     if y.dim() == (3 if copies else 2) and y.shape[-1] == 1:
         y = y[..., 0]
     if copies:  # torch's (N, C, d) layout: the copies are an extra dimension of each sample
@@ -59,11 +51,8 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", c
 
 
 def bce(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: bool = False) -> torch.Tensor:
-    """Mean over samples of the binary cross-entropy on logits.
-
-    out: (N, 1) or (N,) logits; y: (N,) labels in {0, 1}, integer or floating point. ``copies``:
-    out (N, K, 1), y (N, 1) or (N, K) for K copies, as in :func:`mse`.
-    """
+    """Mean over samples of the binary cross-entropy on logits. out: (N, 1) or (N,) logits; y: (N,)
+    labels in {0, 1}, integer or float. ``copies``: out (N, K, 1), y (N, 1) or (N, K), as in :func:`mse`."""
     lead = out.shape[:2] if copies else out.shape[:1]
     logits = out.reshape(*lead, -1)
     if logits.shape[-1] != 1:

@@ -80,16 +80,13 @@ class StackedForward:
     copy or (K, B, ...) one batch per copy. The output is batch-major: row b of copy k is
     ``out[b, k]``.
 
-    Layers are batched matrix products over the copies, except a single-layer model (linear,
-    logistic) with a shared X: there the K copies are one (B, in) x (in, out*K) GEMM (a (B, K, out)
-    view of its (B, out, K) result, the layout the cross-entropy of the copies reads without a
-    copy: 13% off a 32-copy breast_cancer step), because batched products of small matrices cost
-    up to 20x a GEMM of the same size on some CPUs (645 us against 31 us for 32 copies of the breast_cancer logistic
-    regression on an AMD EPYC). In an MLP the same GEMM for the first layer measured 15% slower
-    (digits 64-128-10): its (B, K, hidden) output must be copied to (K, B, hidden) for the next
-    layer's batched product. A recurrent layer is its cell's formulas step by step over time,
-    each step one batched product for the K copies: on one 20-step sequence, 8 copies of a GRU
-    with 8 hidden units stepped in 1.6x the time of one ``nn.GRU`` step."""
+    Layers are batched matrix products over the copies, except a single-layer model with a shared
+    X: there the copies are one (B, in) x (in, out*K) GEMM, because batched products of small
+    matrices cost up to 20x a GEMM of the same size on some CPUs (645 against 31 us for 32 copies
+    of the breast_cancer logistic regression, AMD EPYC); in an MLP's first layer that GEMM measured
+    15% slower (digits 64-128-10: its output must be copied to (K, B, hidden)). A recurrent layer is
+    its cell's formulas over time, one batched product per time step (8 copies of an 8-unit GRU on
+    a 20-step sequence: 1.6x the time of one ``nn.GRU`` step)."""
 
     def __init__(self, model: nn.Module) -> None:
         names = [n for n, _ in model.named_parameters()]
@@ -279,19 +276,16 @@ class StackedSteps:
             t0 = time.perf_counter()
             last = self.lr_table.shape[0] - 1
             lr_rows = self.lr_table[[min(self.round + i, last) for i in range(count)]]  # (count, K)
-            params, state, trail, rows = self.current, self.state, [], []
-            losses, gnorms, factors = [], [], []
+            params, state, trail, rows, measured = self.current, self.state, [], [], []
             for i in range(count):
                 Xb, yb, per_copy, n_rows = self._batch()
-                params, state, loss, gnorm, factor = stacked_step(
-                    self.objective, self.rule, params, state, lr_rows[i], Xb, yb, per_copy,
-                    self.clip_norm, self.clip_value)
+                params, state, *values = stacked_step(self.objective, self.rule, params, state, lr_rows[i], Xb, yb,
+                                                      per_copy, self.clip_norm, self.clip_value)
                 trail.append(params)
                 rows.append(n_rows)
-                losses.append(loss)
-                gnorms.append(gnorm)
-                factors.append(factor)
+                measured.append(values)  # loss, grad norm, clip factor: (K,) each
             # one conversion per block, not per step: (count, K) -> K lists of count
+            losses, gnorms, factors = zip(*measured)
             per_copy = [torch.stack(losses).double().T.tolist(), torch.stack(gnorms).T.tolist(), lr_rows.T.tolist(),
                         None if factors[0] is None else torch.stack(factors).T.tolist()]
             self._pending = (state, trail, (*per_copy, rows), time.perf_counter() - t0)
