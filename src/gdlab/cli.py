@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
@@ -28,8 +28,7 @@ PIPE_WIDTH = 120
 
 
 def _console(stderr: bool = False) -> Console:
-    """A console without syntax highlighting; when writing to a file or pipe (no terminal width
-    to respect), 120 columns so tables are not squeezed."""
+    """A console without syntax highlighting, 120 columns wide on a file or pipe so tables are not squeezed."""
     console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal:
         console.width = PIPE_WIDTH
@@ -44,8 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The run options, one flag per RunConfig field (generated from the schema), then the
-    command's own options."""
+    """The run options, one flag per RunConfig field (generated from the schema), then the command's own options."""
     g = p.add_argument_group("run options (config fields; see docs/cli.md)")
     for flag, kwargs in flag_arguments().values():
         g.add_argument(flag, **kwargs)
@@ -103,9 +101,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
+    return format(value, spec) if isinstance(value, float) else str(value)
 
 
 _SUMMARY_ROWS = (
@@ -218,8 +214,7 @@ def _print_events(console: Console, events: list[dict[str, Any]]) -> None:
 
 
 def _config_or_resume(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any] | None]:
-    """The config from the flags, or, with --resume DIR, the checkpoint's own config (results are
-    written back to DIR)."""
+    """The config from the flags, or with --resume DIR the checkpoint's own config (results go back to DIR)."""
     if not args.resume:
         return config_from_args(args), None
     from gdlab.checkpoint import read_checkpoint
@@ -339,12 +334,9 @@ def _ranking_tables(console: Console, summary: dict[str, Any]) -> None:
             t.add_column(col, justify="left" if col == "optimizer" else "right", no_wrap=True)
         for row in rows:
             loss, acc = row["final_train_loss"], row["final_test_accuracy"]
-            if loss["mean"] is None:
-                loss_text = "-"
-            elif loss["ci_high"] is not None and loss["n"] > 1:
-                loss_text = f"{loss['mean']:.4g}±{(loss['ci_high'] - loss['ci_low']) / 2:.1g}"
-            else:
-                loss_text = f"{loss['mean']:.4g}"
+            loss_text = "-" if loss["mean"] is None else f"{loss['mean']:.4g}"
+            if loss["mean"] is not None and loss["ci_high"] is not None and loss["n"] > 1:
+                loss_text += f"±{(loss['ci_high'] - loss['ci_low']) / 2:.1g}"
             ttt, ett = row["time_to_target"], row["evals_to_target"]
             cells = [f"{row['rank']}. {row['optimizer']}", _fmt(row["best_lr"], ".2g"), loss_text]
             if with_acc:
@@ -391,8 +383,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise GdlabError(f"--workers must be >= 1, got {args.workers}")
     store_path = args.store or spec.store or DEFAULT_STORE_PATH
     out_dir = args.out or spec.report or "report"
-    err = _console(stderr=True)
-    con = _console()
+    err, con = _console(stderr=True), _console()
     workers = args.workers or spec.workers
     progress = _make_study_progress(err, args.quiet)
     task_id = progress.add_task("runs", total=expected_runs(spec))
@@ -416,7 +407,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gdlab.store import RunStore
 
-    con = _console()
     study = args.study
     if study is None:
         with RunStore(args.store, create=False) as store:
@@ -425,7 +415,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise GdlabError(f"store '{args.store}' holds {len(names)} studies "
                              f"({', '.join(names) or 'none'}); choose one with --study NAME")
         study = names[0]
-    _write_report(args.store, study, args.out, con, tensorboard=args.tensorboard)
+    _write_report(args.store, study, args.out, _console(), tensorboard=args.tensorboard)
     return 0
 
 
@@ -448,8 +438,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gdlab.study.demo import plan_demo, run_demo
 
     _single_process("demo")
-    err = _console(stderr=True)
-    out = _console()
+    err, out = _console(stderr=True), _console()
     if args.epochs is not None and args.epochs <= 0:
         raise GdlabError(f"--epochs must be > 0, got {args.epochs}")
     extra = {"device": args.device} if args.device else {}
@@ -520,23 +509,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gdlab {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
-    p = sub.add_parser("train", help="train one model and print a summary (or --json)")
-    _add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
+    def command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("stability", help="train with gradient health and sharpness tracking, print a health summary")
-    _add_train_arguments(p)
-    p.set_defaults(func=cmd_stability)
+    _add_train_arguments(command("train", cmd_train, "train one model and print a summary (or --json)"))
+    _add_train_arguments(command("stability", cmd_stability,
+                                 "train with gradient health and sharpness tracking, print a health summary"))
 
-    p = sub.add_parser("sharpness", help="top Hessian eigenvalues of the training loss at a saved run's parameters")
+    p = command("sharpness", cmd_sharpness, "top Hessian eigenvalues of the training loss at a saved run's parameters")
     p.add_argument("--run", required=True, metavar="DIR", help="a directory written by --out (run.json, params.pt)")
     p.add_argument("--k", type=int, default=3, help="how many top eigenvalues (Lanczos), default 3")
     p.add_argument("--iters", type=int, default=50, help="Lanczos iterations (HVPs), default 50")
     p.add_argument("--trace", action="store_true", help="also estimate the Hessian trace (Hutchinson)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    p.set_defaults(func=cmd_sharpness)
 
-    p = sub.add_parser("demo", help="compare batch, mini-batch and stochastic GD on one task")
+    p = command("demo", cmd_demo, "compare batch, mini-batch and stochastic GD on one task")
     p.add_argument("--task", default="digits", help="task to train, default digits")
     p.add_argument("--model", help="model spec (task default)")
     p.add_argument("--epochs", type=float, default=20.0, help="gradient evaluations / N per run, default 20")
@@ -545,9 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run records as JSON on stdout")
     p.add_argument("--out", metavar="DIR", help="save each run into DIR/<regime>")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("compare", help="run a study (tasks x optimizers, tuned lr, seeds) and write its report")
+    p = command("compare", cmd_compare, "run a study (tasks x optimizers, tuned lr, seeds) and write its report")
     p.add_argument("study", metavar="STUDY.yaml", help="study file, e.g. studies/default.yaml")
     p.add_argument("--workers", type=int, help="parallel worker processes (default: the study's)")
     p.add_argument("--store", metavar="DB", help="SQLite run store (default: the study's, else runs/gdlab.db)")
@@ -555,23 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="run the study, write no report")
     p.add_argument("--tensorboard", metavar="DIR", help="also write every run as TensorBoard event files into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", help="write the HTML/Markdown report of a study from the run store")
+    p = command("report", cmd_report, "write the HTML/Markdown report of a study from the run store")
     p.add_argument("store", metavar="DB", help="SQLite run store, e.g. runs/gdlab.db")
     p.add_argument("--study", help="study name (needed when the store holds several)")
     p.add_argument("--out", metavar="DIR", default="report", help="report directory, default report/")
     p.add_argument("--tensorboard", metavar="DIR", help="also write every run as TensorBoard event files into DIR")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export a table or a SELECT query of the run store to CSV or Parquet")
+    p = command("export", cmd_export, "export a table or a SELECT query of the run store to CSV or Parquet")
     p.add_argument("store", metavar="DB", help="SQLite run store")
     p.add_argument("query", help="a table (runs, metrics, events, diagnostics, studies) or a SELECT statement")
     p.add_argument("output", metavar="FILE", help="output file, .csv or .parquet")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("list", help="show tasks, models, optimizers, regimes and losses")
-    p.set_defaults(func=cmd_list)
+    command("list", cmd_list, "show tasks, models, optimizers, regimes and losses")
     return parser
 
 

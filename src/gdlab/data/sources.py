@@ -68,11 +68,8 @@ def _source_kind(path: Path, text: str) -> tuple[str, Path]:
             return ("fashion-mnist" if fashion else "mnist"), path
         if cifar10.unreadable_version(path):
             return "cifar10", path  # its reader explains what to download or extract
-        raise GdlabError(
-            f"directory '{path}' holds no data gdlab can read; give a folder with X.npy and y.npy, "
-            f"the four MNIST IDX files or the CIFAR-10 binary batches, or a .npz, .npy, .csv or "
-            f".tsv file"
-        )
+        raise GdlabError(f"directory '{path}' holds no data gdlab can read; give a folder with X.npy and y.npy, the "
+                         f"four MNIST IDX files or the CIFAR-10 binary batches, or a .npz, .npy, .csv or .tsv file")
     for suffix, kind in _SUFFIXES:
         if lower.endswith(suffix):
             return kind, path
@@ -82,14 +79,10 @@ def _source_kind(path: Path, text: str) -> tuple[str, Path]:
         return "cifar10", path.parent
     names = sorted([*presets.PRESETS, *presets.LOCAL_DATA_SETS])
     if not path.exists():
-        raise GdlabError(
-            f"data '{text}' is neither an existing file nor a known name{did_you_mean(text, names)}; "
-            f"give a path (.npz, .npy, .csv, .tsv or a directory) or one of: {', '.join(names)}"
-        )
-    raise GdlabError(
-        f"cannot tell the format of '{path}' from its name; give a .npz, .npy, .csv or .tsv file, "
-        f"a directory of MNIST IDX or CIFAR-10 binary files, or one of: {', '.join(names)}"
-    )
+        raise GdlabError(f"data '{text}' is neither an existing file nor a known name{did_you_mean(text, names)}; "
+                         f"give a path (.npz, .npy, .csv, .tsv or a directory) or one of: {', '.join(names)}")
+    raise GdlabError(f"cannot tell the format of '{path}' from its name; give a .npz, .npy, .csv or .tsv file, "
+                     f"a directory of MNIST IDX or CIFAR-10 binary files, or one of: {', '.join(names)}")
 
 
 def load_data_source(
@@ -133,15 +126,11 @@ def load_data_source(
     if label_column != -1 and kind not in ("csv", "tsv"):
         raise GdlabError(f"label_column applies to CSV files only, not to '{text}'; leave it unset")
     if n_samples is not None and kind not in _IMAGE_SETS:
-        raise GdlabError(
-            f"n_samples applies to tasks and image data sets only, not to '{text}'; subsample the "
-            f"file before loading it, or leave n_samples unset"
-        )
+        raise GdlabError(f"n_samples applies to tasks and image data sets only, not to '{text}'; subsample the "
+                         f"file before loading it, or leave n_samples unset")
     if kind in _IMAGE_SETS:
         if task_type not in (None, "classification"):
-            raise GdlabError(
-                f"'{text}' is a classification data set; leave task_type unset or 'classification'"
-            )
+            raise GdlabError(f"'{text}' is a classification data set; leave task_type unset or 'classification'")
         options = dict(seed=seed, n_samples=n_samples, standardize=bool(standardize))
         if path is None and text in presets.PRESETS:
             return presets.load_preset(text, data_dir, **options)
@@ -157,9 +146,7 @@ def load_data_source(
     if kind == "npz":
         return npz.load_npz(path, standardize=standardize, **split)
     delimiter = "\t" if kind == "tsv" else ","
-    return csv.load_csv(
-        path, label_column=label_column, delimiter=delimiter, standardize=standardize, **split
-    )
+    return csv.load_csv(path, label_column=label_column, delimiter=delimiter, standardize=standardize, **split)
 
 
 def _tensor(value: object, what: str) -> torch.Tensor:
@@ -228,36 +215,28 @@ def _items(ds: object, what: str) -> Iterator[object]:
         return iter(ds)
     if hasattr(ds, "__getitem__") and hasattr(ds, "__len__"):
         return (ds[i] for i in range(len(ds)))
-    raise GdlabError(
-        f"the {what} must be a torch.utils.data.Dataset (or a sequence of (input, target) pairs), "
-        f"got {type(ds).__name__}"
-    )
+    raise GdlabError(f"the {what} must be a torch.utils.data.Dataset (or a sequence of (input, target) pairs), "
+                     f"got {type(ds).__name__}")
 
 
 def _collate(batch: list[object], first: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     for offset, item in enumerate(batch):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise GdlabError(
-                f"item {first + offset} of the {what} is a {type(item).__name__}, not an "
-                f"(input, target) pair; make __getitem__ return (x, y)"
-            )
+            raise GdlabError(f"item {first + offset} of the {what} is a {type(item).__name__}, not an "
+                             f"(input, target) pair; make __getitem__ return (x, y)")
     try:
         x, y = default_collate(batch)
     except (TypeError, RuntimeError, ValueError) as error:
-        raise GdlabError(
-            f"cannot stack items {first}..{first + len(batch) - 1} of the {what} "
-            f"({one_line(error)[:200]}); give every item an input tensor of one shape and a "
-            f"numeric target (e.g. a transform such as torchvision's ToTensor())"
-        ) from None
+        raise GdlabError(f"cannot stack items {first}..{first + len(batch) - 1} of the {what} "
+                         f"({one_line(error)[:200]}); give every item an input tensor of one shape and a "
+                         f"numeric target (e.g. a transform such as torchvision's ToTensor())") from None
     for part, value in (("inputs", x), ("targets", y)):
         if not isinstance(value, torch.Tensor) or value.is_complex():
             # default_collate leaves strings and other objects as a tuple of the items' values.
             shown = value[0] if isinstance(value, (tuple, list)) and value else value
             kind = str(value.dtype) if isinstance(value, torch.Tensor) else type(shown).__name__
-            raise GdlabError(
-                f"the {part} of the {what} are {kind} values, not real numbers; give numeric "
-                f"tensors (encode class names as integers 0..K-1)"
-            )
+            raise GdlabError(f"the {part} of the {what} are {kind} values, not real numbers; give numeric "
+                             f"tensors (encode class names as integers 0..K-1)")
     return x, y
 
 
@@ -272,10 +251,8 @@ def _stack(ds: object, what: str, batch_size: int = 1024) -> tuple[torch.Tensor,
     try:
         return torch.cat(xs), torch.cat(ys)
     except RuntimeError as error:
-        raise GdlabError(
-            f"the items of the {what} differ in shape ({one_line(error)[:200]}); give every "
-            f"item inputs of one shape and targets of one shape"
-        ) from None
+        raise GdlabError(f"the items of the {what} differ in shape ({one_line(error)[:200]}); give every "
+                         f"item inputs of one shape and targets of one shape") from None
 
 
 def _torch_inputs(X: torch.Tensor) -> torch.Tensor:
@@ -291,15 +268,11 @@ def _torch_targets(y: torch.Tensor, task_type: str, what: str) -> torch.Tensor:
     if y.dim() == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.dim() != 1:
-        raise GdlabError(
-            f"the targets of the {what} have shape {tuple(y.shape[1:])} per item; classification "
-            f"needs one integer label per item (or use task_type='regression')"
-        )
+        raise GdlabError(f"the targets of the {what} have shape {tuple(y.shape[1:])} per item; classification "
+                         f"needs one integer label per item (or use task_type='regression')")
     if y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all()):
-        raise GdlabError(
-            f"the targets of the {what} are not integers but task_type is 'classification'; "
-            f"give labels 0..K-1 or use task_type='regression'"
-        )
+        raise GdlabError(f"the targets of the {what} are not integers but task_type is 'classification'; "
+                         f"give labels 0..K-1 or use task_type='regression'")
     return y.to(torch.int64)
 
 
@@ -310,14 +283,13 @@ def dataset_from_torch(
 ) -> Dataset:
     """Turn any torch Dataset (map-style or iterable) of (input, target) items into a Dataset.
 
-    The items are read once, in order, and stacked in batches of 1024 with torch's
-    default_collate (no worker processes). Inputs keep their per-item shape (a scalar becomes
-    one feature) and are cast to float32; samples of shape (C, H, W) set image_shape. When
-    task_type is None, integer or boolean targets mean classification (num_classes = max + 1
-    unless given) and floating targets regression (y: (N, k)). `test` gives the test split;
-    without it `test_fraction` of the samples are held out (seed, stratified for
-    classification). `standardize` standardises every input position with training statistics.
-    Raises GdlabError for items that are not (input, target) pairs or cannot be stacked.
+    The items are read once, in order, and stacked in batches of 1024 with torch's default_collate (no worker
+    processes). Inputs keep their per-item shape (a scalar becomes one feature) and are cast to float32; samples of
+    shape (C, H, W) set image_shape. When task_type is None, integer or boolean targets mean classification
+    (num_classes = max + 1 unless given) and floating targets regression (y: (N, k)). `test` gives the test split;
+    without it `test_fraction` of the samples are held out (seed, stratified for classification). `standardize`
+    standardises every input position with training statistics. Raises GdlabError for items that are not
+    (input, target) pairs or cannot be stacked.
     """
     check_split_options(task_type, seed, test_fraction, standardize)
     if num_classes is not None and (not is_integer(num_classes) or num_classes < 1):
@@ -325,23 +297,18 @@ def dataset_from_torch(
     X, y = _stack(ds, "torch data set")
     if task_type is None:
         task_type = "regression" if y.is_floating_point() else "classification"
-    y = _torch_targets(y, task_type, "torch data set")
-    X = _torch_inputs(X)
+    y, X = _torch_targets(y, task_type, "torch data set"), _torch_inputs(X)
     if test is not None:
         X_test, y_test = _stack(test, "torch test data set")
-        y_test = _torch_targets(y_test, task_type, "torch test data set")
-        X_test = _torch_inputs(X_test)
+        y_test, X_test = _torch_targets(y_test, task_type, "torch test data set"), _torch_inputs(X_test)
         for part, given, training in (("input", X_test, X), ("target", y_test, y)):
             if given.shape[1:] != training.shape[1:]:
-                raise GdlabError(
-                    f"the torch test data set's {part}s have shape {tuple(given.shape[1:])} but the "
-                    f"training {part}s have {tuple(training.shape[1:])}; give both the same {part} shape"
-                )
+                raise GdlabError(f"the torch test data set's {part}s have shape {tuple(given.shape[1:])} but the "
+                                 f"training {part}s have {tuple(training.shape[1:])}; give both the same {part} shape")
     else:
         rows = np.arange(len(X)).reshape(-1, 1)
-        train_rows, test_rows, _, _ = split_train_test(
-            rows, y.numpy(), test_fraction=test_fraction, seed=seed, stratify=task_type == "classification"
-        )
+        train_rows, test_rows, _, _ = split_train_test(rows, y.numpy(), test_fraction=test_fraction, seed=seed,
+                                                       stratify=task_type == "classification")
         train_index, test_index = torch.from_numpy(train_rows[:, 0]), torch.from_numpy(test_rows[:, 0])
         X, X_test, y, y_test = X[train_index], X[test_index], y[train_index], y[test_index]
     if standardize:
@@ -349,12 +316,10 @@ def dataset_from_torch(
         standardize_in_place(X, X_test)
     if task_type == "classification" and num_classes is None:
         num_classes = int(max(int(y.max()), int(y_test.max()) if len(y_test) else 0)) + 1
-    ds_out = Dataset(
-        name=name, X_train=X.contiguous(), y_train=y, X_test=X_test.contiguous(), y_test=y_test,
-        task_type=task_type, num_classes=num_classes if task_type == "classification" else None,
-        image_shape=tuple(X.shape[1:]) if X.dim() == 4 else None,
-        description=f"stacked from a {type(ds).__name__}"
-    )
+    ds_out = Dataset(name=name, X_train=X.contiguous(), y_train=y, X_test=X_test.contiguous(), y_test=y_test,
+                     task_type=task_type, num_classes=num_classes if task_type == "classification" else None,
+                     image_shape=tuple(X.shape[1:]) if X.dim() == 4 else None,
+                     description=f"stacked from a {type(ds).__name__}")
     validate_in_blocks(ds_out)
     return ds_out
 
@@ -414,9 +379,7 @@ def as_dataset(
         return data
     if isinstance(data, (tuple, list)):
         if len(data) not in (2, 4):
-            raise GdlabError(
-                f"data as a tuple must be (X, y) or (X, y, X_test, y_test), got {len(data)} items"
-            )
+            raise GdlabError(f"data as a tuple must be (X, y) or (X, y, X_test, y_test), got {len(data)} items")
         if len(data) == 4 and test is not None:
             raise GdlabError("data already holds X_test and y_test; leave test out")
         parts = list(data)

@@ -84,9 +84,7 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
 
 
 def _no_cudnn_on_cuda(params: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
-    if any(p.is_cuda for p in params):
-        return torch.backends.cudnn.flags(enabled=False)
-    return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=False) if any(p.is_cuda for p in params) else contextlib.nullcontext()
 
 
 def check_like_params(name: str, tensors: Sequence[torch.Tensor], params: Sequence[torch.Tensor],

@@ -205,9 +205,7 @@ def time_candidates(model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch
     offset = 0
 
     def cast() -> contextlib.AbstractContextManager:
-        if autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=autocast)
+        return contextlib.nullcontext() if autocast is None else torch.autocast(device_type=device.type, dtype=autocast)
 
     def run_chunks(size: int, count: int) -> float:
         nonlocal offset

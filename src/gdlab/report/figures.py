@@ -67,35 +67,25 @@ def slug(text: str) -> str:
 
 def ordered_names(listed: Sequence[str], seen: Iterable[str]) -> list[str]:
     """``listed`` in its order, then names from ``seen`` that it lacks, in first-seen order."""
-    names = list(dict.fromkeys(listed))
-    for name in seen:
-        if name not in names:
-            names.append(name)
-    return names
+    return list(dict.fromkeys([*listed, *seen]))
 
 
 def optimizer_colors(optimizers: Sequence[str]) -> dict[str, str]:
     """One colour (hex) per optimizer, in ``optimizers`` order, the same in every figure."""
     cmap = matplotlib.colormaps["tab10" if len(optimizers) <= 10 else "tab20"]
-    count = cmap.N
-    colors = {}
-    for i, name in enumerate(optimizers):
-        rgba = cmap(i % count) if i < count else matplotlib.colormaps["hsv"](
-            (i - count) / max(1, len(optimizers) - count))
-        colors[name] = to_hex(rgba)
-    return colors
+    count, hsv, spread = cmap.N, matplotlib.colormaps["hsv"], max(1, len(optimizers) - cmap.N)
+    return {name: to_hex(cmap(i) if i < count else hsv((i - count) / spread)) for i, name in enumerate(optimizers)}
 
 
 def study_figures(runs: list[StoredRun], summary: dict[str, Any], workers: int | None = None) -> list[Figure]:
     """Every figure of a study's report, in report order.
 
-    Per task (section ``"task: NAME"``): training loss vs gradient evaluations / N and vs wall
-    time (s), test accuracy vs wall time (classification), final training loss vs learning rate.
-    Then the performance profiles, then (when the final runs recorded them) gradient norms and
-    sharpness against 2/lr per task (section ``"stability traces"``). Curves use the ``final``
-    runs (the ``single`` ones when a task has no final runs); sensitivity uses
-    ``summary["sensitivity"]``. The tasks are drawn in ``workers`` processes (default: one per
-    CPU, at most 4, from three tasks on; 1: in this one), the same images either way.
+    Per task (section ``"task: NAME"``): training loss vs gradient evaluations / N and vs wall time (s), test
+    accuracy vs wall time (classification), final training loss vs learning rate. Then the performance profiles,
+    then (when the final runs recorded them) gradient norms and sharpness against 2/lr per task (section
+    ``"stability traces"``). Curves use the ``final`` runs (the ``single`` ones when a task has no final runs);
+    sensitivity uses ``summary["sensitivity"]``. The tasks are drawn in ``workers`` processes (default: one per CPU,
+    at most 4, from three tasks on; 1: in this one), the same images either way.
     """
     tasks = ordered_names(summary.get("tasks", []), (r.task for r in runs))
     optimizers = ordered_names(summary.get("optimizers", []), (r.optimizer for r in runs))
@@ -143,8 +133,8 @@ def _draw(job: tuple[list[StoredRun], dict[str, Any], list[str], dict[str, str],
 
 
 def _draw_all(jobs: list[Any], workers: int | None) -> list[tuple[list[_Made | None], list[_Made | None]]]:
-    """:func:`_draw` of every job, in order, in a pool of fresh processes (matplotlib draws in one
-    thread, a figure in about half a second, a process starts in about one) or in this one."""
+    """:func:`_draw` of every job, in order, in a pool of fresh processes (matplotlib draws in one thread, a figure
+    in about half a second, a process starts in about one) or in this one."""
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if len(jobs) > 3 else 1
     if min(workers, len(jobs)) < 2:
@@ -182,8 +172,7 @@ def _number(value: Any) -> float | None:
 
 def _series(history: Sequence[dict[str, Any]], x_key: str, y_key: str,
             positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Points of ``history`` where both keys hold finite numbers (and y > 0 if ``positive``),
-    sorted by x."""
+    """Points of ``history`` where both keys hold finite numbers (and y > 0 if ``positive``), sorted by x."""
     points = []
     for record in history:
         x, y = _number(record.get(x_key)), _number(record.get(y_key))
@@ -210,12 +199,12 @@ class Band(NamedTuple):
 
 
 def _band(curves: Sequence[tuple[np.ndarray, np.ndarray]], log: bool) -> Band:
-    """Median, min and max over curves on a common x grid; each curve counts only within its own
-    x range. With ``log`` the interpolation is done on log10(y), straight lines on a log axis.
+    """Median, min and max over curves on a common x grid; each curve counts only within its own x range. With
+    ``log`` the interpolation is done on log10(y), straight lines on a log axis.
 
-    A curve also covers one of its own logging intervals past its last point (holding its last
-    value): seeds logged at different steps end a fraction of an interval apart, and without the
-    slack the median would jump at the very end as runs drop out.
+    A curve also covers one of its own logging intervals past its last point (holding its last value): seeds logged
+    at different steps end a fraction of an interval apart, and without the slack the median would jump at the very
+    end as runs drop out.
     """
     lo_x = min(x[0] for x, _ in curves)
     hi_x = max(x[-1] for x, _ in curves)
@@ -248,9 +237,9 @@ _X_LABELS = {"epochs": "gradient evaluations / N (epochs)", "wall_time_s": "trai
 
 def _draw_curves(ax: Axes, groups: _Groups, colors: dict[str, str], x_key: str, y_key: str,
                  log: bool, cap: bool) -> tuple[int, int]:
-    """Per optimizer: median line and min-max band over its runs that did not diverge; each
-    diverged run drawn alone, dotted, with a × at its last finite point (a blow-up in one seed
-    would otherwise swamp the band). Returns (optimizers drawn, diverged runs drawn)."""
+    """Per optimizer: median line and min-max band over its runs that did not diverge; each diverged run drawn
+    alone, dotted, with a × at its last finite point (a blow-up in one seed would otherwise swamp the band).
+    Returns (optimizers drawn, diverged runs drawn)."""
     drawn = diverged_count = 0
     ends: list[tuple[str, float, float]] = []
     firsts: list[float] = []
@@ -298,8 +287,8 @@ def _draw_curves(ax: Axes, groups: _Groups, colors: dict[str, str], x_key: str, 
 
 
 def _plot_median(ax: Axes, band: Band, n_curves: int, color: str, label: str) -> None:
-    """Solid where every curve contributes, dashed where some runs have already ended (there the
-    median is of fewer runs and may jump as they drop out)."""
+    """Solid where every curve contributes, dashed where some runs have already ended (there the median is of fewer
+    runs and may jump as they drop out)."""
     full = band.count == n_curves
     partial = ~full
     # Widen the dashed mask by one point each side so the two pieces join without a gap.
@@ -324,8 +313,7 @@ def _legend_extras(diverged: int, target_label: str | None) -> list[Line2D]:
 
 def _finish(ax: Axes, suffix: str, title: str, xlabel: str, ylabel: str, caption: str,
             extras: Sequence[Line2D] = (), loc: str = "best") -> _Made:
-    """Label and title the axes, add the legend (the plotted handles, then ``extras``) and
-    encode the figure."""
+    """Label and title the axes, add the legend (the plotted handles, then ``extras``) and encode the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -346,8 +334,7 @@ def _target_line(ax: Axes, target: dict[str, Any] | None, metric: str) -> str | 
 def _target_text(target: dict[str, Any] | None) -> str:
     if not target or _number(target.get("value")) is None:
         return ""
-    metric = target.get("metric")
-    value = float(target["value"])
+    metric, value = target.get("metric"), float(target["value"])
     shown = f"≥ {value:.1%}" if metric == "test_accuracy" else f"≤ {_format(value)}"
     return f" Target: {metric} {shown}."
 
@@ -356,9 +343,8 @@ TIME_LOG_SPAN = 100.0
 
 
 def _x_axis(ax: Axes, groups: _Groups, x_key: str, y_key: str) -> str:
-    """Linear x from 0, except wall time spanning more than two decades across optimizers (a
-    stochastic run can take 1000x a full-batch one): then log x, so both stay readable. Returns
-    the axis label."""
+    """Linear x from 0, except wall time spanning more than two decades across optimizers (a stochastic run can
+    take 1000x a full-batch one): then log x, so both stay readable. Returns the axis label."""
     if x_key == "wall_time_s":
         times = [x for group in groups.values() for run in group
                  for x in _series(run.history, x_key, y_key)[0] if x > 0]
@@ -569,9 +555,7 @@ def _diagnostic_series(run: StoredRun, name: str) -> tuple[np.ndarray, np.ndarra
 def _steps_to_epochs(run: StoredRun, steps: np.ndarray) -> np.ndarray:
     """Diagnostics are keyed by step; place them on the epochs axis through the run's history."""
     known, epochs = _series(run.history, "step", "epochs")
-    if known.size < 2:
-        return steps
-    return np.interp(steps, known, epochs)
+    return steps if known.size < 2 else np.interp(steps, known, epochs)
 
 
 def _threshold_series(run: StoredRun) -> tuple[np.ndarray, np.ndarray]:

@@ -57,9 +57,9 @@ figcaption { color: #444; font-size: 0.9em; max-width: 780px; }
 def build_report(runs: list[StoredRun], summary: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``out_dir/report.html``, ``out_dir/summary.md`` and ``out_dir/figures/NAME.png``.
 
-    Everything is written into a temporary directory beside ``out_dir`` first and moved in only
-    once all of it exists, so an error leaves ``out_dir`` as it was (a previous report's
-    ``figures/`` is replaced as a whole). Returns ``{"html", "markdown", "figures"}`` paths.
+    Everything is written into a temporary directory beside ``out_dir`` first and moved in only once all of it
+    exists, so an error leaves ``out_dir`` as it was (a previous report's ``figures/`` is replaced as a whole).
+    Returns ``{"html", "markdown", "figures"}`` paths.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,8 @@ def _install(staging: Path, out: Path) -> None:
 
 
 def render_html(summary: dict[str, Any], figures: Sequence[Figure], runs: Sequence[StoredRun] = ()) -> str:
-    """The report as one HTML page: every figure embedded as a base64 PNG data URI, inline CSS,
-    no scripts and no external references; all text escaped."""
+    """The report as one HTML page: figures embedded as base64 PNG data URIs, inline CSS, no scripts or external
+    references; all text escaped."""
     esc = html.escape
     study = str(summary.get("study", "study"))
     optimizers = ordered_names(summary.get("optimizers", []), (r.optimizer for r in runs))
@@ -114,10 +114,8 @@ def render_html(summary: dict[str, Any], figures: Sequence[Figure], runs: Sequen
     return "\n".join(parts)
 
 
-def render_markdown(summary: dict[str, Any], figures: Sequence[Figure],
-                    runs: Sequence[StoredRun] = ()) -> str:
-    """The report as Markdown: per task the target and a ranking table, and every figure
-    referenced as ``figures/NAME.png``."""
+def render_markdown(summary: dict[str, Any], figures: Sequence[Figure], runs: Sequence[StoredRun] = ()) -> str:
+    """The report as Markdown: per task the target and a ranking table; figures referenced as ``figures/NAME.png``."""
     study = str(summary.get("study", "study"))
     lines = [f"# gdlab report: {_md(study)}", "", _md(_overview(summary, runs)), "",
              "## How to read this", "", _md(HOW_TO_READ), ""]
@@ -166,8 +164,7 @@ def _overview(summary: dict[str, Any], runs: Sequence[StoredRun]) -> str:
         budget = str(budgets[0]) if len(budgets) == 1 else f"{budgets[0]} to {budgets[-1]}"
         text += f" Tuning: {budget} learning-rate trial(s) per optimizer and task."
     if final:
-        seeds = sorted({r.seed for r in final})
-        text += f" Final runs: {len(final)} over {len(seeds)} seed(s)."
+        text += f" Final runs: {len(final)} over {len({r.seed for r in final})} seed(s)."
     return text
 
 
@@ -243,9 +240,8 @@ def _html_task_block(task: str, summary: dict[str, Any], colors: dict[str, str])
         cells = []
         for header, cell in zip(headers, row):
             if header == "optimizer":
-                color = colors.get(cell, "#999999")
-                swatch = f'<span class="swatch" style="background:{esc(color, quote=True)}"></span>'
-                cells.append(f"<td>{swatch}{esc(cell)}</td>")
+                color = esc(colors.get(cell, "#999999"), quote=True)
+                cells.append(f'<td><span class="swatch" style="background:{color}"></span>{esc(cell)}</td>')
             else:
                 num = ' class="num"' if header in _NUMERIC else ""
                 cells.append(f"<td{num}>{esc(cell)}</td>")

@@ -74,9 +74,7 @@ def check_image_options(seed: int, n_samples: int | None, standardize: bool) -> 
     check_flag("standardize", standardize)
     check_seed(seed)
     if n_samples is not None and (not is_integer(n_samples) or n_samples < 2):
-        raise GdlabError(
-            f"n_samples must be an integer >= 2 (or unset for every sample), got {n_samples!r}"
-        )
+        raise GdlabError(f"n_samples must be an integer >= 2 (or unset for every sample), got {n_samples!r}")
 
 
 def check_shapes(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -84,33 +82,23 @@ def check_shapes(arrays: dict[str, np.ndarray], path: Path) -> None:
     are real numbers of matching shapes: X (N, features, ...) with N >= 1, y (N,) or (N, k)."""
     for key, a in arrays.items():
         if a.dtype.kind not in "biuf":
-            raise GdlabError(
-                f"array '{key}' in '{path}' has dtype {a.dtype}; gdlab needs real numbers "
-                f"(integer, boolean or floating point)"
-            )
+            raise GdlabError(f"array '{key}' in '{path}' has dtype {a.dtype}; gdlab needs real numbers "
+                             f"(integer, boolean or floating point)")
     for suffix in ("", "_test"):
         X, y = arrays.get("X" + suffix), arrays.get("y" + suffix)
         if X is None:
             continue
         if X.ndim < 2:
-            raise GdlabError(
-                f"array 'X{suffix}' in '{path}' has shape {X.shape} but must be (N, features, ...); "
-                f"for a single feature save X.reshape(-1, 1)"
-            )
+            raise GdlabError(f"array 'X{suffix}' in '{path}' has shape {X.shape} but must be (N, features, ...); "
+                             f"for a single feature save X.reshape(-1, 1)")
         if y.ndim not in (1, 2):
-            raise GdlabError(
-                f"array 'y{suffix}' in '{path}' has shape {y.shape} but must be (N,) or (N, outputs)"
-            )
+            raise GdlabError(f"array 'y{suffix}' in '{path}' has shape {y.shape} but must be (N,) or (N, outputs)")
         if X.shape[0] != y.shape[0]:
-            raise GdlabError(
-                f"'{path}': X{suffix} has {X.shape[0]} rows but y{suffix} has {y.shape[0]}; "
-                f"give one target per row of X{suffix}"
-            )
+            raise GdlabError(f"'{path}': X{suffix} has {X.shape[0]} rows but y{suffix} has {y.shape[0]}; "
+                             f"give one target per row of X{suffix}")
     if "X_test" in arrays and arrays["X_test"].shape[1:] != arrays["X"].shape[1:]:
-        raise GdlabError(
-            f"'{path}': X_test samples have shape {arrays['X_test'].shape[1:]} but X samples have "
-            f"{arrays['X'].shape[1:]}; give both splits the same features"
-        )
+        raise GdlabError(f"'{path}': X_test samples have shape {arrays['X_test'].shape[1:]} but X samples have "
+                         f"{arrays['X'].shape[1:]}; give both splits the same features")
     if arrays["X"].shape[0] == 0:
         raise GdlabError(f"'{path}': X has no rows; give at least one sample")
 
@@ -128,14 +116,10 @@ def targets(y: np.ndarray, task_type: str, key: str, path: Path) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise GdlabError(
-            f"array '{key}' in '{path}' has shape {y.shape}; classification needs (N,) integer labels"
-        )
+        raise GdlabError(f"array '{key}' in '{path}' has shape {y.shape}; classification needs (N,) integer labels")
     if y.dtype.kind == "f" and not bool(np.all(np.isfinite(y) & (y == np.round(y)))):
-        raise GdlabError(
-            f"array '{key}' in '{path}' holds non-integer values but task_type is 'classification'; "
-            f"save integer labels 0..K-1 or use task_type='regression'"
-        )
+        raise GdlabError(f"array '{key}' in '{path}' holds non-integer values but task_type is 'classification'; "
+                         f"save integer labels 0..K-1 or use task_type='regression'")
     return y.astype(np.int64)
 
 
@@ -158,19 +142,13 @@ def arrays_to_split_dataset(
     num_classes = int(max(y.max(), y_test.max(initial=0))) + 1 if classification else None
     # Validate the raw arrays first so that a NaN is reported at its row in the file, before
     # the split reorders rows and standardisation spreads it over a whole column.
-    arrays_to_dataset(
-        name, X, y, X_test, y_test, task_type=task_type, num_classes=num_classes, dtype=torch.float64
-    )
+    arrays_to_dataset(name, X, y, X_test, y_test, task_type=task_type, num_classes=num_classes, dtype=torch.float64)
     if "X_test" not in arrays:
-        X, X_test, y, y_test = split_train_test(
-            X, y, test_fraction=test_fraction, seed=seed, stratify=classification
-        )
+        X, X_test, y, y_test = split_train_test(X, y, test_fraction=test_fraction, seed=seed, stratify=classification)
     if standardize:
         X, X_test, _, _ = standardize_splits(X, X_test)
-    return arrays_to_dataset(
-        name, X, y, X_test, y_test, task_type=task_type, num_classes=num_classes,
-        description=description, dtype=dtype
-    )
+    return arrays_to_dataset(name, X, y, X_test, y_test, task_type=task_type, num_classes=num_classes,
+                             description=description, dtype=dtype)
 
 
 def first_nonfinite_row(X: torch.Tensor) -> int | None:
@@ -184,25 +162,22 @@ def first_nonfinite_row(X: torch.Tensor) -> int | None:
 
 
 def validate_in_blocks(ds: Dataset, scan: bool = True) -> None:
-    """validate_dataset, with the NaN/Inf scan of the inputs run over blocks of rows (or left
-    out when the caller has scanned them) so that a large or memory-mapped X is never turned
-    into one full-size temporary."""
+    """validate_dataset, with the NaN/Inf scan of the inputs run over blocks of rows (or left out when the caller
+    has scanned them) so that a large or memory-mapped X is never turned into one full-size temporary."""
     for split, X in (("train", ds.X_train), ("test", ds.X_test)):
         row = first_nonfinite_row(X) if scan else None
         if row is not None:
-            raise GdlabError(
-                f"data set '{ds.name}': {split} inputs contain NaN or Inf (first at row {row}); "
-                f"remove or impute them before training"
-            )
+            raise GdlabError(f"data set '{ds.name}': {split} inputs contain NaN or Inf (first at row {row}); "
+                             f"remove or impute them before training")
     # Every other check of validate_dataset concerns shapes, dtypes and labels: run it on
     # zero-width views of the inputs, which keep N and the dtype but hold no values to scan.
     validate_dataset(replace(ds, X_train=ds.X_train.narrow(1, 0, 0), X_test=ds.X_test.narrow(1, 0, 0)))
 
 
 def standardize_in_place(X_train: torch.Tensor, X_test: torch.Tensor) -> None:
-    """Standardise both splits in place with the training split's per-feature mean and
-    (population) standard deviation, accumulated in float64 over blocks of rows. A feature that
-    is constant on the training split maps to 0, as in gdlab.data.split.fit_standardization."""
+    """Standardise both splits in place with the training split's per-feature mean and (population) standard
+    deviation, accumulated in float64 over blocks of rows. A feature that is constant on the training split maps
+    to 0, as in gdlab.data.split.fit_standardization."""
     n = X_train.shape[0]
     if n == 0:
         return  # nothing to fit; validation reports the empty training split
@@ -236,10 +211,8 @@ def subsample_indices(labels: np.ndarray, n_samples: int | None, seed: int, what
     if n_samples is None:
         return index
     if n_samples > len(labels):
-        raise GdlabError(
-            f"n_samples={n_samples} is more than the {len(labels)} training samples of {what}; "
-            f"give n_samples between 2 and {len(labels)}, or leave it unset for all of them"
-        )
+        raise GdlabError(f"n_samples={n_samples} is more than the {len(labels)} training samples of {what}; "
+                         f"give n_samples between 2 and {len(labels)}, or leave it unset for all of them")
     return subsample(index, labels, n_samples, seed=seed, stratify=True)[0]
 
 
@@ -259,11 +232,8 @@ def image_dataset(
     X_train, X_test = _unit_floats(train[0]), _unit_floats(test[0])
     if standardize:
         standardize_in_place(X_train, X_test)
-    ds = Dataset(
-        name=name, X_train=X_train, y_train=torch.from_numpy(train[1].astype(np.int64)),
-        X_test=X_test, y_test=torch.from_numpy(test[1].astype(np.int64)),
-        task_type="classification", num_classes=10, image_shape=image_shape,
-        description=description
-    )
+    ds = Dataset(name=name, X_train=X_train, y_train=torch.from_numpy(train[1].astype(np.int64)),
+                 X_test=X_test, y_test=torch.from_numpy(test[1].astype(np.int64)),
+                 task_type="classification", num_classes=10, image_shape=image_shape, description=description)
     validate_in_blocks(ds)
     return ds

@@ -84,9 +84,7 @@ def _label_index(label_column: str | int, header_cells: list[str] | None, ncols:
     return label_column % ncols
 
 
-def _parse_features(
-    data: list[tuple[int, list[str]]], label: int, names: list[str], path: Path
-) -> np.ndarray:
+def _parse_features(data: list[tuple[int, list[str]]], label: int, names: list[str], path: Path) -> np.ndarray:
     """Features as float64 (N, F): every cell but the label's, in column order."""
     X = np.empty((len(data), len(names) - 1), dtype=np.float64)
     features = [j for j in range(len(names)) if j != label]
@@ -115,17 +113,14 @@ def _parse_features(
     return X
 
 
-def _parse_labels(
-    data: list[tuple[int, list[str]]], label: int, column: str, task_type: str | None, path: Path
-) -> tuple[np.ndarray, str, int | None, str]:
+def _parse_labels(data: list[tuple[int, list[str]]], label: int, column: str, task_type: str | None,
+                  path: Path) -> tuple[np.ndarray, str, int | None, str]:
     """(y, task type, number of classes, note for the description) from the label column."""
     texts = [cells[label].strip() for _, cells in data]
     lines = [line for line, _ in data]
     for line, text in zip(lines, texts):
         if not text:
-            raise GdlabError(
-                f"'{path}' row {line}, column {column}: the label is empty; give every row a label"
-            )
+            raise GdlabError(f"'{path}' row {line}, column {column}: the label is empty; give every row a label")
     non_numeric = next((i for i, text in enumerate(texts) if not _is_number(text)), None)
     if non_numeric is not None:
         if task_type == "regression":
