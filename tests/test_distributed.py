@@ -19,6 +19,13 @@ def torchrun(*args, nproc=2, timeout=240, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def failed(proc):
+    """A failed torchrun's stderr for the assertion message: its start (where a rank's own error
+    appears) and its end (the launcher's summary), which alone does not say why a rank died."""
+    err = proc.stderr
+    return err if len(err) <= 4000 else f"{err[:2500]}\n[...]\n{err[-1500:]}"
+
+
 def single(*args):
     """The one-process reference: ``gdlab ARGS`` in this test process (one thread, like each rank)."""
     return SimpleNamespace(returncode=main(list(args)))
@@ -43,7 +50,7 @@ def test_two_processes_take_the_single_process_full_batch_steps(tmp_path, dtype,
     one, two = tmp_path / "one", tmp_path / "two"
     assert single(*common, "--out", str(one)).returncode == 0
     proc = torchrun("-m", "gdlab", *common, "--out", str(two))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, failed(proc)
     assert max_rel_diff(params(one), params(two)) <= tol
     rec1, rec2 = (json.loads((d / "run.json").read_text()) for d in (one, two))
     assert rec2["environment"]["world_size"] == 2
@@ -60,7 +67,7 @@ def test_minibatch_across_processes_follows_the_single_process_batches(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
     assert single(*common, "--out", str(one)).returncode == 0
     proc = torchrun("-m", "gdlab", *common, "--out", str(two))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, failed(proc)
     assert max_rel_diff(params(one), params(two)) <= 1e-12
 
 
