@@ -275,9 +275,15 @@ def gradient_norm(params: Sequence[Tensor]) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    # one fused norm per tensor in float64, combined in Python: a small model's step is mostly
-    # the overhead of each extra tensor op
-    return math.hypot(*[float(x) for x in torch._foreach_norm(grads, 2, dtype=torch.float64)])
+    # one fused norm per tensor in the gradients' own precision, combined in float64 by Python:
+    # a small model's step is mostly the overhead of each tensor op (a float64 norm of float32
+    # gradients costs twice as much); a result where float32 squares may have left its range
+    # (not finite, or so small that they underflow) is computed again in float64, so that it is
+    # inf only when a gradient is and a vanishing gradient is not reported as zero
+    low = any(g.dtype not in ACCUMULATE_DTYPES for g in grads)  # bfloat16/float16: norms in float32
+    norm = math.hypot(*[float(x) for x in torch._foreach_norm(grads, 2, dtype=torch.float32 if low else None)])
+    return norm if 1e-10 <= norm < math.inf else math.hypot(
+        *[float(x) for x in torch._foreach_norm(grads, 2, dtype=torch.float64)])
 
 
 @dataclass
