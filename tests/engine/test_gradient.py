@@ -1,5 +1,6 @@
 """The chunked full-batch gradient against one autograd pass over the whole set (float64)."""
 
+import math
 import pytest
 import torch
 from torch import nn
@@ -223,3 +224,25 @@ def test_stacked_correct_counts_equal_argmax_per_copy_ties_included():
         expected = [int((out[:, k].argmax(-1) == y).sum()) for k in range(8)]
         assert correct(out, y).tolist() == expected
         assert int(correct(out[:, 0].contiguous(), y)) == expected[0]
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e25, 3e38])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_norm_of_low_precision_gradients_matches_float64_at_every_scale(scale, dtype):
+    """Norms of float32/bfloat16 gradients, computed in float32 for speed, equal the float64 norm
+    of the same values to float32 rounding even where float32 squares underflow (1e-30) or
+    overflow (1e25, 3e38): a vanishing gradient is not zero and a finite one is not inf."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.zeros(n, dtype=dtype, requires_grad=True) for n in (7, 300, 1)]
+    for p in params:
+        p.grad = (torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale).clamp(-3e38, 3e38).to(dtype)
+    exact = float(torch.cat([p.grad.double() for p in params]).norm())
+    assert exact > 0 and math.isfinite(exact)
+    assert gradient_norm(params) == pytest.approx(exact, rel=1e-5)
+
+
+def test_gradient_norm_is_inf_or_nan_only_for_such_gradients():
+    p = torch.zeros(3, requires_grad=True)
+    for bad, check in [(math.inf, math.isinf), (math.nan, math.isnan)]:
+        p.grad = torch.tensor([1.0, bad, 2.0])
+        assert check(gradient_norm([p]))

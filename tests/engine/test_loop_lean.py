@@ -113,3 +113,45 @@ def test_optimizer_snapshot_equals_load_state_dict(name, params):
     snapshot = _rollback_trace(name, params, save_snapshot, lambda opt, snap: snap.restore(opt))
     for a, b in zip(reference, snapshot):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_optimizer_step_skips_only_an_unobserved_wrapper(name):
+    """optimizer_step updates exactly as optimizer.step does; with a step hook registered or a
+    profiler running it goes through the wrapper, so the hooks run and the profiler sees the
+    step's range; with a torch lr scheduler attached it warns of nothing."""
+    import warnings
+
+    from gdlab.engine.steppers.eager import optimizer_step
+
+    def make():
+        gen = torch.Generator().manual_seed(1)
+        p = torch.randn(5, generator=gen, requires_grad=True)
+        return p, getattr(torch.optim, name)([p], lr=0.1)
+
+    (a, opt_a), (b, opt_b) = make(), make()
+    for k in range(3):
+        a.grad = b.grad = torch.full((5,), float(k + 1))
+        opt_a.step()
+        optimizer_step(opt_b)
+    assert torch.equal(a, b)
+
+    calls = []
+    handle = opt_b.register_step_post_hook(lambda *args: calls.append(1))
+    optimizer_step(opt_b)
+    handle.remove()
+    assert calls == [1]
+
+    with torch.profiler.profile() as prof:
+        optimizer_step(opt_b)
+    assert any(e.name == f"Optimizer.step#{name}.step" for e in prof.events())
+
+    p, opt = make()
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            p.grad = torch.ones(5)
+            optimizer_step(opt)
+            sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)

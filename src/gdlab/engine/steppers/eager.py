@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.optim.optimizer as _optim_module
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -82,9 +83,9 @@ class EagerStepper(Stepper):
                                        regularizer=o.regularizer, total_rows=rows, reduce=o.reduce,
                                        autocast=o.autocast, accumulate=o.accumulate)
 
-            self.optimizer.step(closure, loss=self._loss)
+            optimizer_step(self.optimizer, closure, loss=self._loss)
         else:
-            self.optimizer.step()
+            optimizer_step(self.optimizer)
         if self.scheduler is not None:
             self.scheduler.step()
         return [clip], time.perf_counter() - t0
@@ -121,6 +122,27 @@ class EagerStepper(Stepper):
     @property
     def loss_evaluations(self) -> int | None:
         return self.optimizer.state_info["total_evaluations"] if self.line_search else None
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+    """``optimizer.step(*args, **kwargs)``, without torch.optim's wrapper around ``step`` while
+    nothing would see it. The wrapper opens a profiler range and runs the registered step hooks;
+    with no hook (global or the optimizer's own) and no profiler running it does nothing else,
+    yet costs about 23 us a step (measured on torch 2.13: 43 against 20 us for SGD on the digits
+    MLP's 9,610 parameters): 1.5 % of a digits MLP step, more of a small stochastic one. A step
+    that is not that wrapper, one the instance overrides (as a torch lr scheduler does, to see that
+    the optimizer stepped first), any hook or a running profiler goes through ``optimizer.step``,
+    and so does everything when a torch version no longer has the attributes looked at here."""
+    step = type(optimizer).step
+    raw = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
+    if raw is None or "step" in vars(optimizer) or torch.autograd._profiler_enabled():
+        return optimizer.step(*args, **kwargs)
+    hooks = [getattr(optimizer, "_optimizer_step_pre_hooks", None), getattr(optimizer, "_optimizer_step_post_hooks", None),
+             getattr(_optim_module, "_global_optimizer_pre_hooks", None),
+             getattr(_optim_module, "_global_optimizer_post_hooks", None)]
+    if any(h is None or len(h) for h in hooks):
+        return optimizer.step(*args, **kwargs)
+    return raw(optimizer, *args, **kwargs)
 
 
 class _Snapshot:
