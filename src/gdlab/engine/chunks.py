@@ -49,7 +49,10 @@ def tensor_rows(X: torch.Tensor, y: torch.Tensor, chunk_size: int | None, dim: i
 
     def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start, stop in spans(n, chunk_size):
-            yield X.narrow(dim, start, stop - start), y.narrow(dim, start, stop - start)
+            if stop - start == n:  # one chunk of all rows: the tensors themselves, no slicing op
+                yield X, y
+            else:
+                yield X.narrow(dim, start, stop - start), y.narrow(dim, start, stop - start)
 
     return Rows(n, chunks, dim=dim)
 

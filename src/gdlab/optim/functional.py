@@ -70,19 +70,19 @@ def _sgd(h: dict[str, Any]) -> FunctionalRule:
     momentum, dampening = h.get("momentum", 0.0), h.get("dampening", 0.0)
     nesterov, weight_decay = h.get("nesterov", False), h.get("weight_decay", 0.0)
 
-    def init(params: Params) -> State:
-        return {"step": _step_counter(params), "buf": _zeros(params) if momentum else []}
+    def init(params: Params) -> State:  # the step count only tells momentum's first step
+        return {"step": _step_counter(params), "buf": _zeros(params)} if momentum else {}
 
     def update(params: Params, grads: Params, state: State, lr: Tensor) -> tuple[Params, State]:
         grads = _decayed(grads, params, weight_decay)
-        bufs = state["buf"]
         if momentum:
             first = state["step"] == 0
             # torch starts the buffer at the first gradient (no dampening on that step)
-            bufs = [torch.where(first, g, b * momentum + g * (1 - dampening)) for b, g in zip(bufs, grads)]
+            bufs = [torch.where(first, g, b * momentum + g * (1 - dampening)) for b, g in zip(state["buf"], grads)]
             grads = [g + momentum * b for g, b in zip(grads, bufs)] if nesterov else bufs
+            state = {"step": state["step"] + 1, "buf": bufs}
         new = [torch.addcmul(p, _per_param(lr, p), g, value=-1) for p, g in zip(params, grads)]  # p - lr * g, one op
-        return new, {"step": state["step"] + 1, "buf": bufs}
+        return new, state
 
     return FunctionalRule("sgd", h, init, update)
 

@@ -223,7 +223,7 @@ def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list
     with torch.no_grad():
         if clip_norm is not None or clip_value is not None:
             grads, factors = clip_functional(grads, clip_norm, clip_value, copies=True)
-        new, state = rule.update([p.detach() for p in leaves], grads, state, lrs)
+        new, state = rule.update(leaves, grads, state, lrs)  # no grad mode: the results record no graph
     return new, state, losses.detach(), gnorms, factors
 
 
