@@ -58,7 +58,7 @@ def _assert_same_run(reference, other, tol=1e-10):
     final metrics, every history record (same steps), the events and the final parameters."""
     for key in ("step", "epochs", "status", "stop_reason", "rollbacks", "gradient_evaluations"):
         assert other.final[key] == reference.final[key], key
-    for key in ("train_loss", "grad_norm", "test_loss", "test_accuracy", "final_lr"):
+    for key in ("train_loss", "train_accuracy", "grad_norm", "test_loss", "test_accuracy", "final_lr"):
         if reference.final[key] is None:
             assert other.final[key] is None, key
         else:

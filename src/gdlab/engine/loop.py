@@ -442,8 +442,9 @@ def loop_steps(stepper: Stepper, objective: FullBatchObjective, data: Dataset, s
     if checkpoint is not None:
         checkpoint.save(loop_state())
 
+    final = stepper.measure("final", lambda: final_record(objective, data, train_mode=train_mode, shard=shard))
     return finish(
-        objective, data, train_mode=train_mode, shard=shard, step=step, samples=samples, train_time=train_time,
+        objective, dict(final), train_mode=train_mode, step=step, samples=samples, train_time=train_time,
         status=status, reason=reason, rollbacks=rollbacks, final_lr=stepper.lr(step),
         loss_evaluations=stepper.loss_evaluations, clip_factors=clip_factors if stepper.clipping else None,
         history=history, events=events, diagnostics=diagnostics, callbacks=callbacks,
@@ -459,16 +460,16 @@ def test_metrics(objective: FullBatchObjective, data: Dataset, shard: Shard | No
                     autocast=o.autocast, accumulate=o.accumulate)
 
 
-def finish(objective: FullBatchObjective, data: Dataset, *, train_mode: bool, shard: Shard | None, step: int,
-           samples: int, train_time: float, status: str, reason: str, rollbacks: int, final_lr: float,
+def finish(objective: FullBatchObjective, final: dict[str, Any], *, train_mode: bool, step: int, samples: int,
+           train_time: float, status: str, reason: str, rollbacks: int, final_lr: float,
            loss_evaluations: int | None, clip_factors: list[float] | None, history: list[dict[str, Any]],
            events: list[dict[str, Any]], diagnostics: dict[str, list[dict[str, Any]]],
            callbacks: Sequence[Callback]) -> LoopOutcome:
-    """The end of a run: the final record at the model's current parameters (plus the loop's
-    counters and the clipping summary when ``clip_factors`` is not None), a last history record
-    when the last step was not logged, and the ``on_end`` callbacks."""
+    """The end of a run: the final record (``final``: :func:`final_record`'s measurements at the
+    model's current parameters, completed here with the loop's counters and the clipping summary
+    when ``clip_factors`` is not None), a last history record when the last step was not logged,
+    and the ``on_end`` callbacks."""
     n = objective.rows
-    final = final_record(objective, data, train_mode=train_mode, shard=shard)
     final.update(step=step, epochs=samples / n, wall_time_s=train_time, status=status, stop_reason=reason,
                  gradient_evaluations=samples, loss_evaluations=loss_evaluations, rollbacks=rollbacks,
                  final_lr=final_lr)

@@ -101,8 +101,9 @@ class Stepper:
 
     def measure(self, what: str, default: Callable[[], Any]) -> Any:
         """A measurement at the current parameters: ``what`` is ``"test"`` (test loss and
-        accuracy) or ``"train"`` (the full training objective), ``default`` computes it on the
-        model. A stepper that computes it for all its copies at once overrides this."""
+        accuracy), ``"train"`` (the full training objective) or ``"final"`` (the final record's
+        measurements), ``default`` computes it on the model. A stepper that computes it for all
+        its copies at once overrides this."""
         self.sync()
         return default()
 

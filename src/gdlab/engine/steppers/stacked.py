@@ -209,16 +209,22 @@ class StackedObjective:
         return loss.tolist(), ((hits / n).tolist() if classification else None)
 
 
+def _losses_and_grads(objective: StackedObjective, params: Sequence[Tensor], X: Tensor, y: Tensor, per_copy: bool
+                      ) -> tuple[list[Tensor], Tensor, list[Tensor], Tensor]:
+    """Each copy's objective and its gradient: (leaves, losses (K,), grads, grad norms (K,))."""
+    leaves = [p.detach().requires_grad_(True) for p in params]
+    losses = objective(leaves, X, y, per_copy)
+    grads = list(torch.autograd.grad(losses, leaves, torch.ones_like(losses)))  # d(sum of L_k): each copy's own
+    return leaves, losses, grads, global_norm(grads, copies=True)
+
+
 def stacked_step(objective: StackedObjective, rule: FunctionalRule, params: list[Tensor], state: dict[str, Any],
                  lrs: Tensor, X: Tensor, y: Tensor, per_copy: bool, clip_norm: float | None = None,
                  clip_value: float | None = None):
     """One update of every copy, each copy's gradient clipped by its own norm when ``clip_norm``
     or ``clip_value`` is set: returns (params, state, losses (K,), grad norms (K,), clip factors
     (K,) or None)."""
-    leaves = [p.detach().requires_grad_(True) for p in params]
-    losses = objective(leaves, X, y, per_copy)
-    grads = list(torch.autograd.grad(losses, leaves, torch.ones_like(losses)))  # d(sum of L_k): each copy's own
-    gnorms = global_norm(grads, copies=True)
+    leaves, losses, grads, gnorms = _losses_and_grads(objective, params, X, y, per_copy)
     factors = None
     with torch.no_grad():
         if clip_norm is not None or clip_value is not None:
@@ -297,21 +303,32 @@ class StackedSteps:
         trail = self._pending[1] if self._pending is not None else []
         return [self.previous, self.current, *trail][offset + 1]
 
-    @torch.no_grad()
     def measure(self, what: str) -> list[Any]:
-        """Each copy's test (loss, accuracy) (``"test"``) or full training objective (``"train"``)
+        """Each copy's test (loss, accuracy) (``"test"``), full training objective (``"train"``)
+        or final record's measurements (``"final"``, as :func:`gdlab.engine.loop.final_record`)
         at the round's parameters, computed once per round for all copies."""
         if what not in self._measured:
-            d = self.data
-            if what == "test":
-                losses, accs = self.objective.evaluate(self.current, d.X_test, d.y_test,
-                                                       d.task_type == "classification")
-                K = self.current[0].shape[0]
-                self._measured[what] = [(None if losses is None else losses[k], None if accs is None else accs[k])
-                                        for k in range(K)]
-            else:
-                self._measured[what] = self.objective(self.current, self.X, self.y).double().tolist()
+            self._measured[what] = self._measure(what)
         return self._measured[what]
+
+    def _measure(self, what: str) -> list[Any]:
+        d, current = self.data, self.current
+        classification = d.task_type == "classification"
+        if what == "train":
+            with torch.no_grad():
+                return self.objective(current, self.X, self.y).double().tolist()
+        with torch.no_grad():
+            losses, accs = self.objective.evaluate(current, d.X_test, d.y_test, classification)
+        K = current[0].shape[0]
+        tests = [(None if losses is None else losses[k], None if accs is None else accs[k]) for k in range(K)]
+        if what == "test":
+            return tests
+        _, train, _, gnorms = _losses_and_grads(self.objective, current, self.X, self.y, False)
+        with torch.no_grad():
+            train_accs = self.objective.evaluate(current, self.X, self.y, True)[1] if classification else [None] * K
+        return [{"train_loss": loss, "train_accuracy": acc, "grad_norm": gnorm, "test_loss": test[0],
+                 "test_accuracy": test[1]}
+                for loss, acc, gnorm, test in zip(train.detach().double().tolist(), train_accs, gnorms.tolist(), tests)]
 
     def advance(self) -> None:
         """Commit the round's steps for every copy (a lane that stopped no longer reads its slot)."""
@@ -366,6 +383,8 @@ class StackedLane(Stepper):
         return float(self.shared.lrs(step)[self.k])
 
     def measure(self, what: str, default: Callable[[], Any]) -> Any:
+        if what == "final" and self._final is not None:  # stopped inside a round, on parameters of its own
+            return default()
         return self.shared.measure(what)[self.k]
 
     @torch.no_grad()
