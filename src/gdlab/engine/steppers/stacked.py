@@ -317,18 +317,18 @@ class StackedSteps:
         if what == "train":
             with torch.no_grad():
                 return self.objective(current, self.X, self.y).double().tolist()
-        with torch.no_grad():
-            losses, accs = self.objective.evaluate(current, d.X_test, d.y_test, classification)
-        K = current[0].shape[0]
-        tests = [(None if losses is None else losses[k], None if accs is None else accs[k]) for k in range(K)]
         if what == "test":
-            return tests
+            with torch.no_grad():
+                losses, accs = self.objective.evaluate(current, d.X_test, d.y_test, classification)
+            return [(None if losses is None else losses[k], None if accs is None else accs[k])
+                    for k in range(current[0].shape[0])]
         _, train, _, gnorms = _losses_and_grads(self.objective, current, self.X, self.y, False)
         with torch.no_grad():
-            train_accs = self.objective.evaluate(current, self.X, self.y, True)[1] if classification else [None] * K
-        return [{"train_loss": loss, "train_accuracy": acc, "grad_norm": gnorm, "test_loss": test[0],
-                 "test_accuracy": test[1]}
-                for loss, acc, gnorm, test in zip(train.detach().double().tolist(), train_accs, gnorms.tolist(), tests)]
+            accs = self.objective.evaluate(current, self.X, self.y, True)[1] if classification else None
+        return [{"train_loss": loss, "train_accuracy": None if accs is None else accs[k], "grad_norm": gnorm,
+                 "test_loss": test[0], "test_accuracy": test[1]}
+                for k, (loss, gnorm, test) in enumerate(zip(train.detach().double().tolist(), gnorms.tolist(),
+                                                            self.measure("test")))]
 
     def advance(self) -> None:
         """Commit the round's steps for every copy (a lane that stopped no longer reads its slot)."""
