@@ -35,8 +35,8 @@ def mse(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean", copies: boo
         raise GdlabError(f"mse loss: model output has shape {tuple(out.shape)} but targets have shape "
                          f"{tuple(y.shape)}; the model's output size must equal the target dimension")
     diff = out - y.to(out.dtype)
-    if copies and reduction == "mean":  # (0.5 / N) * one sum per copy: two ops (and their backward) fewer
-        return diff.square().flatten(lead).sum(dim=(0, -1)) * (0.5 / out.shape[0])
+    if copies and reduction == "mean":  # (0.5 / N) * one sum per copy: three ops (and their backward) fewer
+        return diff.square().sum(dim=(0, *range(lead, diff.dim()))) * (0.5 / out.shape[0])
     per_sample = 0.5 * diff.square().flatten(lead).sum(dim=-1)
     return per_sample if reduction != "mean" else per_sample.mean(dim=0) if copies else per_sample.mean()
 

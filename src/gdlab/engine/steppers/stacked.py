@@ -151,10 +151,15 @@ class StackedForward:
             if h.dim() == 2 and self.single_layer:
                 # columns in (output, copy) order: the (B, out, K) product is the layout a loss over
                 # the copies reads without a copy (torch's cross-entropy takes (B, C, K)); returned
-                # as its (B, K, out) view (for one output every reshape here is a view)
-                flat = W.transpose(0, 1).reshape(out * K, -1).T
-                prod = h @ flat if b is None else torch.addmm(params[b].T.reshape(out * K), h, flat)
-                h = prod.view(h.shape[0], out, K).transpose(1, 2)
+                # as its (B, K, out) view. For one output that order is W's own memory order, and
+                # plain views (no transposes: fewer ops and autograd nodes a step) do
+                if out == 1:
+                    flat, bias = W.reshape(K, -1).T, None if b is None else params[b].reshape(K)
+                else:
+                    flat = W.transpose(0, 1).reshape(out * K, -1).T
+                    bias = None if b is None else params[b].T.reshape(out * K)
+                prod = h @ flat if bias is None else torch.addmm(bias, h, flat)
+                h = prod.unsqueeze(-1) if out == 1 else prod.view(h.shape[0], out, K).transpose(1, 2)
                 continue
             h = torch.matmul(h, W.transpose(1, 2))  # (B, in) broadcast or (K, B, in) -> (K, B, out)
             copies_first = True
