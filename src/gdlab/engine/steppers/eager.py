@@ -137,7 +137,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) 
     raw = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
     if raw is None or "step" in vars(optimizer) or torch.autograd._profiler_enabled():
         return optimizer.step(*args, **kwargs)
-    hooks = [getattr(optimizer, "_optimizer_step_pre_hooks", None), getattr(optimizer, "_optimizer_step_post_hooks", None),
+    hooks = [getattr(optimizer, "_optimizer_step_pre_hooks", None),
+             getattr(optimizer, "_optimizer_step_post_hooks", None),
              getattr(_optim_module, "_global_optimizer_pre_hooks", None),
              getattr(_optim_module, "_global_optimizer_post_hooks", None)]
     if any(h is None or len(h) for h in hooks):
